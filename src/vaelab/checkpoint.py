@@ -1,0 +1,93 @@
+"""Checkpoints: everything needed to rebuild the model and continue the run, written atomically.
+
+A checkpoint is a dict of tensors and plain Python values, loaded with
+`torch.load(weights_only=True)`: a file that would need to run code to load is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "vaelab-checkpoint"
+FORMAT_VERSION = 1
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it; put it straight back
+REQUIRED_KEYS = ("config", "model", "optimizer", "epoch", "step", "history", "rng")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside `path`; on success flush, fsync and rename it over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never half of one,
+    and nothing under a final name is ever partly written.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, mode) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], version: str) -> None:
+    with atomic_open(path, "wb") as file:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION,
+                    "vaelab_version": version, **payload}, file)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """Read and check a checkpoint; any defect is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train one with `vaelab train --out "
+                              f"{path.parent}` or point at a run directory that has one")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever the damage, the file is unusable
+        raise CheckpointError(f"{path}: not a loadable vaelab checkpoint ({_first_line(err)}); "
+                              "it is damaged, truncated or from another program") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a vaelab checkpoint (no '{FORMAT}' marker); "
+                              "vaelab only loads the checkpoints it wrote")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload.get('format_version')} written by vaelab "
+            f"{payload.get('vaelab_version')}; this vaelab reads format {FORMAT_VERSION}: "
+            "install the vaelab version that wrote it")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged")
+    return payload
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

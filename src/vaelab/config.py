@@ -1,0 +1,139 @@
+"""One typed, validated object holding every setting of a run.
+
+Defaults are the seed's (`../shared/SEED.md`): LATENT_DIM 20, BATCH_SIZE 64,
+LEARNING_RATE 1e-3, NUM_EPOCHS 10. The CLI generates its flags from these fields,
+so a flag and its default can never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from .errors import ConfigError
+
+DATASETS = ("mnist", "fashion-mnist", "kmnist")
+
+
+def setting(default: Any, why: str) -> Any:
+    """A config field whose help text (the reason for its default) travels with it."""
+    return field(default=default, metadata={"help": why})
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: Literal["mnist", "fashion-mnist", "kmnist"] = setting(
+        "mnist", "the seed's data; fashion-mnist and kmnist are drop-in 28x28 IDX sets")
+    latent_dim: int = setting(20, "size of z: the seed's LATENT_DIM")
+    batch_size: int = setting(64, "images per step: the seed's BATCH_SIZE")
+    lr: float = setting(1e-3, "Adam learning rate: the seed's LEARNING_RATE")
+    epochs: int = setting(10, "passes over the training set: the seed's NUM_EPOCHS")
+    beta: float = setting(1.0, "weight on the KL term; 1 optimizes the true ELBO, as the seed does")
+    seed: int = setting(0, "seeds Python, NumPy and torch, shuffling and sampling included")
+    device: str = setting("auto", "auto = cuda, then mps, then cpu; or name one (cpu, cuda:1)")
+    data_dir: str | None = setting(
+        None, "folder with the IDX files; unset: $VAELAB_DATA_DIR, else ./data")
+    limit_train: int | None = setting(None, "use only the first N training images (quick runs)")
+    limit_val: int | None = setting(None, "use only the first N validation images (quick runs)")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_values(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Rebuild from `to_dict()` output (config.json, checkpoints); unknown keys are refused."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; "
+                              f"known fields are {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    device = torch.device(name)
+    available = {"cpu": True, "cuda": torch.cuda.is_available() and
+                 (device.index or 0) < torch.cuda.device_count(),
+                 "mps": torch.backends.mps.is_available()}[device.type]
+    if not available:
+        raise ConfigError(f"device {name!r} is not available on this machine; "
+                          "use --device auto (or cpu)")
+    return device
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _fail(name: str, value: Any, allowed: str) -> typing.NoReturn:
+    raise ConfigError(f"{name} = {value!r} is not allowed ({flag_name(name)}): {allowed}")
+
+
+def field_kind(name: str) -> tuple[type, tuple | None, bool]:
+    """A field's base type (int, float or str), its Literal choices (or None), and whether
+    it may be None: what the CLI needs to make its flag."""
+    hint = typing.get_type_hints(Config)[name]
+    base = next(t for t in (int, float, str) if _admits(hint, t))
+    literal = next((a for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is Literal),
+                   None)
+    choices = typing.get_args(literal) if literal is not None else None
+    return base, choices, type(None) in typing.get_args(hint)
+
+
+def _check_types(config: Config) -> None:
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        base, _, optional = field_kind(f.name)
+        if value is None and optional:
+            continue
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, f.name, float(value))  # 1 means 1.0
+        elif isinstance(value, bool) or not isinstance(value, base):
+            _fail(f.name, value, f"expected {'an' if base is int else 'a'} {base.__name__}")
+
+
+def _admits(hint: Any, kind: type) -> bool:
+    """True if the annotation is `kind`, `kind | None` or a Literal of `kind` values."""
+    if hint is kind:
+        return True
+    if typing.get_origin(hint) is Literal:
+        return all(isinstance(v, kind) for v in typing.get_args(hint))
+    return any(_admits(arg, kind) for arg in typing.get_args(hint))
+
+
+def _check_values(c: Config) -> None:
+    if c.dataset not in DATASETS:
+        _fail("dataset", c.dataset, f"one of {', '.join(DATASETS)}")
+    for name in ("latent_dim", "batch_size", "epochs"):
+        if getattr(c, name) < 1:
+            _fail(name, getattr(c, name), "must be at least 1")
+    for name in ("limit_train", "limit_val"):
+        value = getattr(c, name)
+        if value is not None and value < 1:
+            _fail(name, value, "must be at least 1, or unset for all images")
+    if not (math.isfinite(c.lr) and c.lr > 0):
+        _fail("lr", c.lr, "must be a finite number > 0, e.g. 1e-3")
+    if not (math.isfinite(c.beta) and c.beta >= 0):
+        _fail("beta", c.beta, "must be a finite number >= 0")
+    if c.seed < 0:
+        _fail("seed", c.seed, "must be >= 0")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device):
+        _fail("device", c.device, "auto, cpu, mps, cuda or cuda:N")

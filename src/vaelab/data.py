@@ -1,0 +1,220 @@
+"""MNIST-like IDX files -> uint8 tensors in memory, checked on load, downloaded when missing.
+
+The files are read straight from their `.gz` (or uncompressed) form; nothing is extracted
+and nothing is written into the data directory except by a download. Both torchvision's
+layout (`ROOT/MNIST/raw/*.gz`) and a flat folder holding the four files are found.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import logging
+import math
+import os
+import socket
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "VAELAB_DATA_DIR"
+MIRRORS_ENV = "VAELAB_MIRRORS"  # comma-separated base URLs tried instead of torchvision's
+
+# Config name -> torchvision's folder (and class) name; all three share the file names.
+FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGE_SIZE = 28
+_GZIP_MAGIC = b"\x1f\x8b"
+_MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than this: caps what a .gz can hold
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Split:
+    """A set of images with labels. images: (N, 1, 28, 28) uint8; labels: (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1], exactly as torchvision's `ToTensor` scales them."""
+    return images.float().div_(255)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The explicit folder, else $VAELAB_DATA_DIR, else ./data."""
+    return Path(data_dir or os.environ.get(DATA_DIR_ENV) or "data").expanduser()
+
+
+def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = None,
+               limit: int | None = None, download: bool = True) -> Split:
+    """Read one split ('train' or 'val') of a dataset, downloading missing files if allowed."""
+    root = resolve_data_dir(data_dir)
+    paths = find_files(dataset, root)
+    if any(paths[name] is None for name in SPLIT_FILES[split]):
+        if not download:
+            raise DataError(_missing_message(dataset, root, paths, reason="downloads are off"))
+        fetch(dataset, root, [name for name, path in paths.items() if path is None])
+        paths = find_files(dataset, root)
+    image_name, label_name = SPLIT_FILES[split]
+    images = _cached_idx(paths[image_name])
+    labels = _cached_idx(paths[label_name])
+    _check_pair(images, labels, paths[image_name], paths[label_name])
+    images, labels = images[:limit], labels[:limit]
+    return Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long())
+
+
+def find_files(dataset: str, root: Path) -> dict[str, Path | None]:
+    """Where each of the dataset's four files lies (gzipped or not), or None if nowhere."""
+    folders = [root / FOLDERS[dataset] / "raw", root / FOLDERS[dataset], root]
+    found: dict[str, Path | None] = {}
+    for names in SPLIT_FILES.values():
+        for name in names:
+            candidates = (folder / file for folder in folders for file in (name + ".gz", name))
+            found[name] = next((path for path in candidates if path.is_file()), None)
+    return found
+
+
+def _missing_message(dataset: str, root: Path, paths: dict, reason: str) -> str:
+    missing = ", ".join(name + "[.gz]" for name, path in paths.items() if path is None)
+    return (f"{dataset} files missing: {missing}; looked in {root / FOLDERS[dataset] / 'raw'} "
+            f"and {root} ({reason}). Point --data-dir or ${DATA_DIR_ENV} at a folder holding them")
+
+
+# ---- reading and checking IDX files ------------------------------------------------------
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file of unsigned bytes (gzipped or not) as a uint8 array of its declared shape.
+
+    The header's sizes are checked against what the file can hold before anything is
+    allocated, so a damaged header cannot ask for gigabytes. Any defect raises DataError.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            budget = os.fstat(raw.fileno()).st_size * (_MAX_DEFLATE_RATIO if gzipped else 1)
+            stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            return _parse_idx(stream, budget, path)
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: unreadable ({err}); replace it with the official file") from None
+
+
+def _parse_idx(stream: BinaryIO, budget: int, path: Path) -> np.ndarray:
+    magic = _read_exactly(stream, 4, path)
+    if magic[:3] != b"\x00\x00\x08" or magic[3] not in (1, 3):
+        raise DataError(f"{path}: not an IDX file of uint8 images or labels "
+                        f"(magic number {magic.hex()}); replace it with the official file")
+    dims = struct.unpack(f">{magic[3]}I", _read_exactly(stream, 4 * magic[3], path))
+    size = math.prod(dims)
+    if size > budget:
+        raise DataError(f"{path}: header declares shape {dims} ({size} bytes), more than the "
+                        f"file can hold: truncated or damaged; replace it with the official file")
+    data = _read_exactly(stream, size, path)
+    if stream.read(1):
+        raise DataError(f"{path}: has bytes after its declared shape {dims}; "
+                        "replace it with the official file")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _read_exactly(stream: BinaryIO, size: int, path: Path) -> bytearray:
+    """Read `size` bytes in chunks, so memory grows only with what the file really holds."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = stream.read(min(_CHUNK, size - len(data)))
+        if not chunk:
+            raise DataError(f"{path}: truncated ({len(data)} of {size} expected bytes); "
+                            "replace it with the official file")
+        data += chunk
+    return data
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_read(path: Path, mtime_ns: int, size: int) -> np.ndarray:
+    return read_idx(path)
+
+
+def _cached_idx(path: Path) -> np.ndarray:
+    """read_idx, remembered while the file is unchanged (tests and notebooks reload often)."""
+    stat = path.stat()
+    return _cached_read(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, image_path: Path, label_path: Path):
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{image_path}: holds shape {images.shape}, expected N x 28 x 28 images")
+    if labels.ndim != 1:
+        raise DataError(f"{label_path}: holds shape {labels.shape}, expected a list of labels")
+    if len(images) != len(labels):
+        raise DataError(f"{image_path} has {len(images)} images but {label_path} has "
+                        f"{len(labels)} labels; the two files must come from the same split")
+    if len(labels) and labels.max() > 9:
+        raise DataError(f"{label_path}: holds label {labels.max()}, expected digits 0-9")
+
+
+# ---- downloading -------------------------------------------------------------------------
+
+def fetch(dataset: str, root: Path, names: list[str], timeout: float = 30.0) -> None:
+    """Download the named files into ROOT/<Folder>/raw, MD5-checked, each moved into place
+    only once complete and verified (a failed download leaves nothing under the final name)."""
+    from torchvision import datasets  # only downloads need torchvision's mirrors and sums
+
+    source = getattr(datasets, FOLDERS[dataset])
+    md5s = {file.removesuffix(".gz"): md5 for file, md5 in source.resources}
+    mirrors = os.environ.get(MIRRORS_ENV, "").split(",") if os.environ.get(MIRRORS_ENV) \
+        else list(source.mirrors)
+    target = root / FOLDERS[dataset] / "raw"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(_missing_message(dataset, root, find_files(dataset, root),
+                                         f"cannot create {target} to download into: {err}"))
+    for name in names:
+        _fetch_one(name + ".gz", md5s[name], mirrors, target, timeout, dataset, root)
+
+
+def _fetch_one(file: str, md5: str, mirrors: list[str], target: Path, timeout: float,
+               dataset: str, root: Path) -> None:
+    from torchvision.datasets.utils import download_url
+
+    failures = []
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # torchvision's urlopen has none: never hang offline
+    try:
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + "/" + file
+            with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as tmp:
+                try:
+                    log.info("downloading %s", url)
+                    download_url(url, tmp, file, md5)
+                except RuntimeError:  # torchvision's "File not found or corrupted."
+                    failures.append(f"{url}: MD5 mismatch (corrupt copy)")
+                    continue
+                except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
+                    failures.append(f"{url}: {getattr(err, 'reason', err)}")
+                    continue
+                os.replace(Path(tmp) / file, target / file)
+                return
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    raise DataError(_missing_message(dataset, root, find_files(dataset, root),
+                                     "download failed: " + "; ".join(failures)))
+

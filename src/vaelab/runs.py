@@ -1,0 +1,110 @@
+"""A run directory: config.json, metrics.csv, last.pt, best.pt (and figures, report).
+
+`load_run(RUN_DIR)` rebuilds the model and its config from the directory alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import atomic_open, load_checkpoint
+from .config import Config, resolve_device
+from .errors import CheckpointError, VaelabError
+from .model import VAE
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+LAST = "last.pt"
+BEST = "best.pt"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST)
+
+# nats per image, except *_batch_loss: the seed's convention, each batch's summed loss
+# averaged over batches (what the seed's table shows).
+METRIC_COLUMNS = (
+    "epoch", "step", "train_loss", "val_loss", "train_recon", "train_kl", "val_recon", "val_kl",
+    "train_batch_loss", "val_batch_loss", "beta", "lr", "epoch_seconds",
+)
+
+
+@dataclass
+class Run:
+    """A trained model with what made it: `model` is in eval mode on `device`."""
+
+    path: Path
+    config: Config
+    model: VAE
+    epoch: int
+    metrics: list[dict[str, float]]
+    device: torch.device
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
+             device: str | None = "cpu") -> Run:
+    """Rebuild a run's model from RUN_DIR/best.pt (or last.pt); device None = the run's own."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"no run directory at {path}; train one with "
+                              f"`vaelab train --out {path}`")
+    payload = load_checkpoint(path / (BEST if checkpoint == "best" else LAST))
+    config = config_from_checkpoint(payload, path)
+    target = resolve_device(device or config.device)
+    model = VAE(config.latent_dim)
+    load_weights(model, payload, path)
+    model.to(target).eval()
+    return Run(path, config, model, payload["epoch"], read_metrics(path), target)
+
+
+def config_from_checkpoint(payload: dict[str, Any], path: Path) -> Config:
+    try:
+        return Config.from_dict(payload["config"])
+    except (VaelabError, TypeError) as err:
+        raise CheckpointError(f"{path}: its config is not valid for this vaelab ({err})") from None
+
+
+def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) -> None:
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
+                              f"({str(err).splitlines()[0]}); the checkpoint is damaged") from None
+
+
+def holds_run(path: Path) -> bool:
+    return any((path / name).exists() for name in RUN_FILES)
+
+
+def write_config(run_dir: Path, config: Config) -> None:
+    with atomic_open(run_dir / CONFIG_FILE) as file:
+        json.dump(config.to_dict(), file, indent=2)
+        file.write("\n")
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    """Rewrite metrics.csv whole (it is small), so it always matches the checkpoint's history."""
+    with atomic_open(run_dir / METRICS_FILE, "w") as file:
+        writer = csv.DictWriter(file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return [{key: _number(key, value) for key, value in row.items()}
+                for row in csv.DictReader(file)]
+
+
+def _number(column: str, text: str) -> float:
+    if column in ("epoch", "step"):
+        return int(text)
+    return float(text) if text else math.nan

@@ -1,0 +1,216 @@
+"""The training loop: Adam on the per-image negative ELBO, a checkpoint per epoch, resumable.
+
+Every random stream has its own generator (shuffling, reparameterization noise), and all
+of them go into the checkpoint, so on a CPU a resumed run equals an uninterrupted one bit
+for bit. The loop prints nothing but its tqdm bar; each epoch's row goes to `on_epoch_end`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, resolve_device
+from .data import Split, load_split, to_float
+from .errors import VaelabError
+from .evaluate import Totals, evaluate_elbo
+from .losses import elbo_terms
+from .model import VAE
+from .runs import (BEST, LAST, RUN_FILES, config_from_checkpoint, holds_run, load_weights,
+                   write_config, write_metrics)
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+# Fields that only say where data lives or what runs the maths: a resume may change them.
+RESUMABLE_CHANGES = ("epochs", "data_dir", "device")
+
+
+@dataclass
+class TrainingState:
+    """Everything a run changes as it trains; `checkpoint()` captures all of it."""
+
+    config: Config
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator  # orders the batches of each epoch (CPU)
+    noise: torch.Generator    # eps of the reparameterization (on the run's device)
+    epoch: int = 0            # completed epochs
+    step: int = 0             # optimizer steps taken
+    best_val_loss: float = math.inf
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def fresh(cls, config: Config, device: torch.device) -> TrainingState:
+        set_seed(config.seed)
+        model = VAE(config.latent_dim).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        shuffle = torch.Generator().manual_seed(config.seed)
+        noise = torch.Generator(device=device).manual_seed(config.seed + 1)
+        return cls(config, model, optimizer, shuffle, noise)
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+            "best_val_loss": self.best_val_loss, "history": self.history,
+            "rng": {"python": random.getstate(), "numpy": _numpy_state(),
+                    "torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+                    "noise": self.noise.get_state()},
+        }
+
+    def restore(self, payload: dict[str, Any], path: Path) -> None:
+        load_weights(self.model, payload, path)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        rng = payload["rng"]
+        random.setstate(rng["python"])
+        _set_numpy_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.shuffle.set_state(rng["shuffle"])
+        self.noise.set_state(rng["noise"])
+        self.epoch, self.step = payload["epoch"], payload["step"]
+        self.best_val_loss = payload["best_val_loss"]
+        self.history = list(payload["history"])
+
+
+def train(config: Config, out: str | Path | None = None, *, force: bool = False,
+          progress: bool | None = None, on_epoch_end: EpochCallback | None = None) -> Path:
+    """Train a new run into `out` (default runs/<timestamp>); returns the run directory.
+
+    A directory that already holds a run is refused unless `force` (then it is replaced).
+    """
+    run_dir = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if holds_run(run_dir) and not force:
+        raise VaelabError(f"{run_dir} already holds a run; continue it with `vaelab train "
+                          f"--resume {run_dir}`, pick another --out, or pass --force to replace it")
+    device = resolve_device(config.device)
+    train_split, val_split = load_data(config)
+    _claim_run_dir(run_dir, replace=force)
+    write_config(run_dir, config)
+    state = TrainingState.fresh(config, device)
+    _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
+    return run_dir
+
+
+def resume(run_dir: str | Path, *, progress: bool | None = None,
+           on_epoch_end: EpochCallback | None = None, **changes: Any) -> Path:
+    """Continue RUN_DIR from last.pt with its saved config; `changes` may set epochs (to
+    train further), data_dir or device."""
+    run_dir = Path(run_dir)
+    payload = load_checkpoint(run_dir / LAST)
+    refused = sorted(set(changes) - set(RESUMABLE_CHANGES))
+    if refused:
+        raise VaelabError(f"a resumed run keeps its settings; cannot change {', '.join(refused)} "
+                          f"(only {', '.join(RESUMABLE_CHANGES)}); start a new run instead")
+    config = config_from_checkpoint(payload, run_dir).replace(**changes)
+    if config.epochs < payload["epoch"]:
+        raise VaelabError(f"{run_dir} has already trained {payload['epoch']} epochs; "
+                          f"--epochs must be at least that, got {config.epochs}")
+    device = resolve_device(config.device)
+    train_split, val_split = load_data(config)
+    state = TrainingState.fresh(config, device)
+    state.restore(payload, run_dir / LAST)
+    write_config(run_dir, config)
+    _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
+    return run_dir
+
+
+def load_data(config: Config) -> tuple[Split, Split]:
+    """The seed's split: the 60,000 training images, the 10,000 test images as validation."""
+    return (load_split(config.dataset, "train", config.data_dir, config.limit_train),
+            load_split(config.dataset, "val", config.data_dir, config.limit_val))
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def _claim_run_dir(run_dir: Path, replace: bool) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if replace:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+    except OSError as err:
+        raise VaelabError(f"cannot write the run directory {run_dir} ({err.strerror}); "
+                          "choose a writable --out") from None
+
+
+def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Path,
+         progress: bool | None, on_epoch_end: EpochCallback | None) -> None:
+    config = state.config
+    device = next(state.model.parameters()).device
+    train_images, val_images = train_split.images.to(device), val_split.images.to(device)
+    show = sys.stderr.isatty() if progress is None else progress
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+        train_totals = _train_epoch(state, train_images, epoch, show)
+        val_totals = evaluate_elbo(state.model, val_images, seed=config.seed)
+        row = {"epoch": epoch, "step": state.step,
+               **train_totals.means("train", config.batch_size),
+               **val_totals.means("val", config.batch_size),
+               "beta": config.beta, "lr": state.optimizer.param_groups[0]["lr"],
+               "epoch_seconds": time.perf_counter() - started}
+        _end_epoch(state, row, run_dir)
+        if on_epoch_end:
+            on_epoch_end(row)
+
+
+def _train_epoch(state: TrainingState, images: torch.Tensor, epoch: int, show: bool) -> Totals:
+    config, model, optimizer = state.config, state.model, state.optimizer
+    order = torch.randperm(len(images), generator=state.shuffle).to(images.device)
+    starts = range(0, len(images), config.batch_size)
+    totals = Totals(images.device)
+    model.train()
+    bar = tqdm(starts, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not show,
+               leave=False, dynamic_ncols=True)
+    for start in bar:
+        x = to_float(images[order[start:start + config.batch_size]])
+        logits, mu, logvar = model(x, state.noise)
+        terms = elbo_terms(logits, x, mu, logvar, config.beta)
+        optimizer.zero_grad(set_to_none=True)
+        terms.objective.mean().backward()
+        optimizer.step()
+        state.step += 1
+        totals.add(terms)
+        if show and state.step % 50 == 0:
+            bar.set_postfix(loss=f"{terms.loss.mean().item():.2f}")
+    return totals
+
+
+def _end_epoch(state: TrainingState, row: dict[str, float], run_dir: Path) -> None:
+    """Checkpoint, then metrics.csv from the checkpoint's own history, so the CSV never holds
+    an epoch the checkpoint lacks. best.pt is written first: if the process dies between
+    the two saves, resuming from the previous last.pt repeats this epoch identically."""
+    state.epoch = row["epoch"]
+    state.history.append(row)
+    improved = row["val_loss"] < state.best_val_loss
+    state.best_val_loss = min(state.best_val_loss, row["val_loss"])
+    payload = state.checkpoint()
+    if improved:
+        save_checkpoint(run_dir / BEST, payload, __version__)
+    save_checkpoint(run_dir / LAST, payload, __version__)
+    write_metrics(run_dir, state.history)
+
+
+def _numpy_state() -> tuple:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss
+
+
+def _set_numpy_state(saved: tuple) -> None:
+    name, keys, pos, has_gauss, gauss = saved
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

@@ -1,0 +1,153 @@
+import gzip
+import hashlib
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.data import find_files, load_split, read_idx, resolve_data_dir, to_float
+from vaelab.errors import DataError
+
+RAW = "MNIST/raw"
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+VAL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def listing(folder: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_real_mnist_statistics_and_label_counts(data_dir):
+    before = listing(data_dir)
+    train, val = load_split("mnist", "train", data_dir), load_split("mnist", "val", data_dir)
+    assert train.images.shape == (60_000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert val.images.shape == (10_000, 1, 28, 28)
+    pixels = to_float(train.images)
+    assert pixels.min() == 0 and pixels.max() == 1
+    assert abs(pixels.mean().item() - 0.1307) < 5e-5
+    assert abs(pixels.std().item() - 0.3081) < 5e-5
+    assert torch.bincount(train.labels).tolist() == TRAIN_COUNTS
+    assert torch.bincount(val.labels).tolist() == VAL_COUNTS
+    assert listing(data_dir) == before  # nothing extracted or written beside the files
+
+
+def test_limit_takes_the_first_images(data_dir):
+    full, head = load_split("mnist", "val", data_dir), load_split("mnist", "val", data_dir, 100)
+    assert len(head) == 100 and torch.equal(head.images, full.images[:100])
+
+
+def copy_files(data_dir: Path, target: Path, names=None, gunzip=False) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for source in sorted((data_dir / RAW).glob("*.gz")):
+        if names and source.name not in names:
+            continue
+        if gunzip:
+            (target / source.stem).write_bytes(gzip.decompress(source.read_bytes()))
+        else:
+            shutil.copy(source, target / source.name)
+    return target
+
+
+def test_flat_folder_of_uncompressed_files(data_dir, tmp_path):
+    copy_files(data_dir, tmp_path, gunzip=True)
+    val = load_split("mnist", "val", tmp_path, download=False)
+    assert torch.equal(val.images, load_split("mnist", "val", data_dir).images)
+
+
+def test_data_dir_comes_from_argument_then_environment_then_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("VAELAB_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir("elsewhere") == Path("elsewhere")
+    assert resolve_data_dir() == tmp_path
+    monkeypatch.delenv("VAELAB_DATA_DIR")
+    assert resolve_data_dir() == Path("data")
+
+
+def write_idx(path: Path, array: np.ndarray, magic: bytes | None = None) -> Path:
+    header = magic or bytes([0, 0, 8, array.ndim])
+    path.write_bytes(header + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+    return path
+
+
+def test_read_idx_round_trip_gzipped_or_not(tmp_path):
+    array = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    plain = write_idx(tmp_path / "a", array)
+    zipped = tmp_path / "a.gz"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    assert np.array_equal(read_idx(plain), array) and np.array_equal(read_idx(zipped), array)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda b: b[:-100], "truncated"),
+    (lambda b: b + b"\0", "bytes after"),
+    (lambda b: b"\x00\x00\x09\x03" + b[4:], "magic number 00000903"),
+    (lambda b: b[:4] + struct.pack(">I", 2**31) + b[8:], "more than the file can hold"),
+    (lambda b: b[:3], "truncated"),
+])
+def test_damaged_idx_files_name_the_file(tmp_path, damage, words):
+    array = np.zeros((3, 28, 28), dtype=np.uint8)
+    good = write_idx(tmp_path / "train-images-idx3-ubyte", array).read_bytes()
+    for path in (tmp_path / "bad", tmp_path / "bad.gz"):
+        data = damage(good)
+        path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+        with pytest.raises(DataError, match=words) as caught:
+            read_idx(path)
+        assert str(path) in str(caught.value)
+
+
+def test_corrupt_gzip_is_a_data_error(data_dir, tmp_path):
+    folder = copy_files(data_dir, tmp_path / RAW)
+    target = folder / "t10k-labels-idx1-ubyte.gz"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte fails gzip's CRC or its inflate
+    target.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: unreadable"):
+        load_split("mnist", "val", tmp_path, download=False)
+
+
+def test_images_and_labels_must_agree(data_dir, tmp_path):
+    copy_files(data_dir, tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(9_999, dtype=np.uint8))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="10000 images but .* has 9999 labels"):
+        load_split("mnist", "val", tmp_path, download=False)
+
+
+def test_labels_outside_0_to_9_are_refused(data_dir, tmp_path):
+    copy_files(data_dir, tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(10_000, 11, dtype=np.uint8))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="label 11, expected digits 0-9"):
+        load_split("mnist", "val", tmp_path, download=False)
+
+
+def test_images_must_be_28_by_28(data_dir, tmp_path):
+    copy_files(data_dir, tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10_000, 32, 32), dtype=np.uint8))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"\(10000, 32, 32\), expected N x 28 x 28"):
+        load_split("mnist", "val", tmp_path, download=False)
+
+
+def test_missing_files_offline_say_what_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAELAB_MIRRORS", "http://127.0.0.1:9/")  # nothing listens on port 9
+    with pytest.raises(DataError) as caught:
+        load_split("mnist", "train", tmp_path)
+    message = str(caught.value)
+    assert "train-images-idx3-ubyte[.gz]" in message and "t10k-labels-idx1-ubyte[.gz]" in message
+    assert str(tmp_path / "MNIST" / "raw") in message and "--data-dir" in message
+    assert "download failed" in message and "VAELAB_DATA_DIR" in message
+    assert not (tmp_path / RAW / "train-images-idx3-ubyte.gz").exists()
+
+
+def test_find_files_prefers_torchvision_layout(data_dir, tmp_path):
+    copy_files(data_dir, tmp_path / RAW)
+    copy_files(data_dir, tmp_path, names=["t10k-images-idx3-ubyte.gz"])
+    found = find_files("mnist", tmp_path)
+    assert found["t10k-images-idx3-ubyte"] == tmp_path / RAW / "t10k-images-idx3-ubyte.gz"
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
