@@ -28,3 +28,34 @@ def tiny_config(data_dir: Path) -> Config:
     """The real code path at a tiny size: 512 training and 256 validation images, CPU."""
     return Config(data_dir=str(data_dir), limit_train=512, limit_val=256, epochs=1,
                   device="cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_dir, tmp_path_factory) -> Path:
+    """A run trained for 300 steps (3 epochs of 6,400 real MNIST images): digits show."""
+    from vaelab import train
+
+    config = Config(data_dir=str(data_dir), limit_train=6400, limit_val=1000, epochs=3,
+                    device="cpu")
+    return train(config, tmp_path_factory.mktemp("runs") / "trained", progress=False)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (its own browser download cannot work)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = os.environ.get("VAELAB_CHROMIUM") or shutil.which("chromium")
+    if not executable:
+        pytest.fail("Chromium not found: `apt-get install chromium` (or set VAELAB_CHROMIUM)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
@@ -59,10 +60,90 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(train)
     train.set_defaults(handler=run_train)
+    add_figure_commands(commands)
+    report = commands.add_parser("report", help="write RUN/report.html with every figure")
+    _add_run_arguments(report, out_help="folder for the figures (default RUN/figures)")
+    report.set_defaults(handler=run_report)
     return parser
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run directory made by `vaelab train`")
+    parser.add_argument("--out", metavar="DIR", help=out_help)
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="which checkpoint of the run to load (default: best)")
+    parser.add_argument("--device", help="where to compute (default: the run's own device)")
+    parser.add_argument("--data-dir", help="where the run's data lies, if it moved")
+
+
+def add_figure_commands(commands) -> None:
+    from . import report as r
+
+    def command(name: str, help: str, make, files):
+        parser = commands.add_parser(name, help=help, description=help)
+        _add_run_arguments(parser, out_help="folder for the PNG (default RUN/figures)")
+        parser.set_defaults(handler=run_figures, make=make, files=files)
+        return parser
+
+    p = command("reconstruct", "validation images above their reconstructions",
+                lambda run, val, a: [r.figure_reconstructions(run, val, a.n, a.sample, a.seed)],
+                ["reconstructions"])
+    p.add_argument("--n", type=int, default=16, help="how many images (default: 16)")
+    p.add_argument("--sample", action="store_true", help="decode z ~ q(z|x), not the mean")
+    p.add_argument("--seed", type=int, default=0, help="seed for --sample (default: 0)")
+
+    p = command("sample", "new digits: decoded z ~ N(0, T^2 I)",
+                lambda run, val, a: [r.figure_samples(run, a.n, a.temperature, a.seed)],
+                ["samples"])
+    p.add_argument("--n", type=int, default=64, help="how many samples (default: 64)")
+    p.add_argument("--temperature", type=float, default=1.0, help="T (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+
+    p = command("interpolate", "decode points between two digits' posterior means",
+                lambda run, val, a: [r.figure_interpolation(
+                    run, val, a.digit_from, a.digit_to, a.steps, a.pairs, a.spherical, a.index)],
+                ["interpolation"])
+    p.add_argument("--from", dest="digit_from", type=int, default=6, help="class (default: 6)")
+    p.add_argument("--to", dest="digit_to", type=int, default=8, help="class (default: 8)")
+    p.add_argument("--index", type=int, nargs=2, metavar=("I", "J"),
+                   help="interpolate between validation images I and J instead")
+    p.add_argument("--steps", type=int, default=10, help="points per strip (default: 10)")
+    p.add_argument("--pairs", type=int, default=4, help="strips, one pair each (default: 4)")
+    p.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
+
+    p = command("latent", "2-D map of the validation codes (and the manifold when D = 2)",
+                lambda run, val, a: [r.figure_latent(run, val, "tsne" if a.tsne else "pca")]
+                + ([r.figure_manifold(run)] if run.model.latent_dim == 2 else []),
+                ["latent", "manifold"])
+    p.add_argument("--tsne", action="store_true",
+                   help="t-SNE instead of PCA (needs scikit-learn: vaelab[tsne])")
+
+    command("curves", "training curves from metrics.csv",
+            lambda run, val, a: [r.figure_curves(run)], ["curves"])
+
+
+def run_figures(args: argparse.Namespace) -> int:
+    from . import plots
+    from .report import validation_split
+    from .runs import load_run
+
+    run = load_run(args.run, args.checkpoint, args.device)
+    val = validation_split(run, args.data_dir) if args.command != "sample" else None
+    folder = Path(args.out) if args.out else run.path / "figures"
+    for figure, name in zip(args.make(run, val, args), args.files):
+        print(plots.save(figure, folder / f"{name}.png"))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"report: {write_report(args.run, args.data_dir, args.out, args.checkpoint, args.device)}")
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from .report import write_report
     from .runs import read_metrics
     from .train import resume, train
 
@@ -77,6 +158,7 @@ def run_train(args: argparse.Namespace) -> int:
         run_dir = train(Config(**changes), args.out, force=args.force, progress=progress,
                         on_epoch_end=print_row)
     print(f"run saved in {run_dir}")
+    print(f"report: {write_report(run_dir)}")
     return 0
 
 

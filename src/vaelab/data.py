@@ -94,6 +94,7 @@ def find_files(dataset: str, root: Path) -> dict[str, Path | None]:
 
 def _missing_message(dataset: str, root: Path, paths: dict, reason: str) -> str:
     missing = ", ".join(name + "[.gz]" for name, path in paths.items() if path is None)
+    root = root.absolute()
     return (f"{dataset} files missing: {missing}; looked in {root / FOLDERS[dataset] / 'raw'} "
             f"and {root} ({reason}). Point --data-dir or ${DATA_DIR_ENV} at a folder holding them")
 

@@ -1,0 +1,117 @@
+"""What a trained model shows, as tensors: reconstructions, samples, interpolations, latent maps.
+
+Images come back as Bernoulli means sigmoid(logits) in [0, 1], shape (N, 1, 28, 28), on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .data import Split, to_float
+from .errors import VaelabError
+from .model import VAE
+
+
+def _device(model: VAE) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def encode_means(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Posterior means mu(x) of uint8 images (N, 1, 28, 28) -> (N, D), CPU."""
+    device = _device(model)
+    return torch.cat([model.encode(to_float(images[i:i + batch_size].to(device)))[0].cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.inference_mode()
+def decode_means(model: VAE, z: torch.Tensor) -> torch.Tensor:
+    """Latent points (N, D) -> Bernoulli means (N, 1, 28, 28), CPU."""
+    return torch.sigmoid(model.decode(z.to(_device(model)))).cpu()
+
+
+@torch.inference_mode()
+def reconstruct(model: VAE, images: torch.Tensor, sample: bool = False,
+                seed: int = 0) -> torch.Tensor:
+    """Decode each image's posterior mean mu(x), or with `sample` a z ~ q(z|x) (seeded)."""
+    device = _device(model)
+    mu, logvar = model.encode(to_float(images.to(device)))
+    if sample:
+        mu = model.reparameterize(mu, logvar, torch.Generator(device).manual_seed(seed))
+    return decode_means(model, mu)
+
+
+@torch.inference_mode()
+def sample_prior(model: VAE, n: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """Decode n draws z ~ N(0, T^2 I); the same seed gives the same images."""
+    device = _device(model)
+    generator = torch.Generator(device).manual_seed(seed)
+    z = temperature * torch.randn(n, model.latent_dim, generator=generator, device=device)
+    return decode_means(model, z)
+
+
+def interpolation_path(a: torch.Tensor, b: torch.Tensor, steps: int,
+                       spherical: bool = False) -> torch.Tensor:
+    """`steps` points from a to b (D,) -> (steps, D), both ends exact.
+
+    Linear: (1 - t) a + t b. Spherical (slerp): sin((1 - t) w)/sin w a + sin(t w)/sin w b,
+    with w the angle between a and b; it keeps the norm typical of Gaussian samples.
+    """
+    t = torch.linspace(0, 1, steps, dtype=a.dtype).unsqueeze(1)
+    omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1, 1))
+    if not spherical or omega.abs() < 1e-4:  # nearly parallel: slerp is linear there
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+@torch.inference_mode()
+def interpolate(model: VAE, image_a: torch.Tensor, image_b: torch.Tensor, steps: int = 10,
+                spherical: bool = False) -> torch.Tensor:
+    """Decode `steps` points between the posterior means of two uint8 images (1, 28, 28)."""
+    mu = encode_means(model, torch.stack([image_a, image_b]))
+    return decode_means(model, interpolation_path(mu[0], mu[1], steps, spherical))
+
+
+def pick_pairs(split: Split, digit_a: int, digit_b: int, pairs: int) -> list[tuple[int, int]]:
+    """The first `pairs` images of class a matched with the first of class b (deterministic)."""
+    indices = []
+    for digit in (digit_a, digit_b):
+        if not 0 <= digit <= 9:
+            raise VaelabError(f"digit {digit} is not a class: choose 0-9")
+        found = torch.nonzero(split.labels == digit).flatten()[:pairs].tolist()
+        if not found:
+            raise VaelabError(f"no image of class {digit} in the validation data; "
+                              "choose a class it holds, or pick images with --index I J")
+        indices.append(found)
+    return list(zip(*indices))
+
+
+def project_2d(codes: torch.Tensor, method: str = "pca", seed: int = 0) -> torch.Tensor:
+    """(N, D) -> (N, 2): the codes themselves when D = 2, else PCA (or t-SNE) coordinates."""
+    if codes.shape[1] == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], 1)
+    if codes.shape[1] == 2 and method == "pca":
+        return codes
+    if method == "tsne":
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError:
+            raise VaelabError("t-SNE needs scikit-learn: pip install 'vaelab[tsne]'") from None
+        return torch.from_numpy(TSNE(2, init="pca", random_state=seed).fit_transform(
+            codes.double().numpy())).float()
+    centred = codes.double() - codes.double().mean(0)
+    _, _, vt = torch.linalg.svd(centred, full_matrices=False)
+    vt = vt * torch.sign(vt[:, :1])  # fix SVD's arbitrary sign so figures are deterministic
+    return (centred @ vt[:2].T).float()
+
+
+@torch.inference_mode()
+def manifold(model: VAE, n: int = 20) -> torch.Tensor:
+    """For a 2-D latent space: decode an n x n grid over the prior's quantiles 0.05 ... 0.95,
+    z1 along rows (left to right), z2 down the columns (top = high)."""
+    if model.latent_dim != 2:
+        raise VaelabError(f"the manifold grid needs latent_dim 2, this run has "
+                          f"{model.latent_dim}; use the latent scatter instead")
+    values = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+    z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")
+    return decode_means(model, torch.stack([z1.flatten(), z2.flatten()], 1))

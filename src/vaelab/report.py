@@ -1,0 +1,198 @@
+"""A run's figures (run -> matplotlib Figure) and its self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from . import generate, plots
+from .checkpoint import atomic_open
+from .data import Split, load_split, to_float
+from .errors import VaelabError
+from .model import count_parameters
+from .runs import Run, load_run
+
+# The seed's table (SEED.md): epoch -> (train, val) in its convention, each batch's summed
+# loss averaged over batches of 64: 938 training and 157 validation batches.
+SEED_TABLE = {1: (7267.97, 7022.17), 5: (6773.17, 6675.44), 10: (6629.47, 6563.28)}
+SEED_BATCHES_PER_IMAGE = (938 / 60_000, 157 / 10_000)
+
+
+def _at_least(flag: str, value: float, low: float) -> None:
+    if value < low:
+        raise VaelabError(f"{flag} {value} is not allowed: it must be at least {low}")
+
+
+def validation_split(run: Run, data_dir: str | None = None) -> Split:
+    """The run's whole validation set (its limit is for training speed, not for figures)."""
+    return load_split(run.config.dataset, "val", data_dir or run.config.data_dir)
+
+
+def figure_reconstructions(run: Run, val: Split, n: int = 16, sample: bool = False,
+                           seed: int = 0) -> Figure:
+    _at_least("--n", n, 1)
+    originals = val.images[:n]
+    decoded = generate.reconstruct(run.model, originals, sample, seed)
+    return plots.reconstructions(to_float(originals), decoded, sample)
+
+
+def figure_samples(run: Run, n: int = 64, temperature: float = 1.0, seed: int = 0) -> Figure:
+    _at_least("--n", n, 1)
+    if not temperature > 0:
+        raise VaelabError(f"--temperature {temperature} is not allowed: it must be > 0")
+    return plots.samples(generate.sample_prior(run.model, n, temperature, seed), temperature)
+
+
+def figure_interpolation(run: Run, val: Split, digit_from: int = 6, digit_to: int = 8,
+                         steps: int = 10, pairs: int = 4, spherical: bool = False,
+                         index: tuple[int, int] | None = None) -> Figure:
+    _at_least("--steps", steps, 2)
+    _at_least("--pairs", pairs, 1)
+    if index is not None:
+        for i in index:
+            if not 0 <= i < len(val):
+                raise VaelabError(f"--index {i} is outside the validation set (0-{len(val) - 1})")
+        chosen = [tuple(index)]
+    else:
+        chosen = generate.pick_pairs(val, digit_from, digit_to, pairs)
+    strips = torch.stack([generate.interpolate(run.model, val.images[i], val.images[j], steps,
+                                               spherical) for i, j in chosen])
+    first, last = (int(val.labels[k]) for k in chosen[0])
+    kind = "spherical" if spherical else "linear"
+    return plots.interpolations(strips, f"{first} → {last}: {kind} path between posterior "
+                                        f"means, {steps} steps")
+
+
+def figure_latent(run: Run, val: Split, method: str = "pca") -> Figure:
+    codes = generate.encode_means(run.model, val.images)
+    points = generate.project_2d(codes, method, run.config.seed)
+    name = "t-SNE" if method == "tsne" else ("PCA" if codes.shape[1] > 2 else "z")
+    return plots.latent_scatter(points, val.labels, name)
+
+
+def figure_manifold(run: Run, n: int = 20) -> Figure:
+    _at_least("--n", n, 2)
+    return plots.manifold(generate.manifold(run.model, n))
+
+
+def figure_curves(run: Run) -> Figure:
+    if not run.metrics:
+        raise VaelabError(f"{run.path} has no metrics.csv rows to plot")
+    return plots.curves(run.metrics)
+
+
+def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
+    """Every figure of a run at its defaults, by file stem."""
+    figures = {"curves": figure_curves(run), "reconstructions": figure_reconstructions(run, val),
+               "samples": figure_samples(run, seed=run.config.seed),
+               "interpolation": figure_interpolation(run, val),
+               "latent": figure_latent(run, val)}
+    if run.model.latent_dim == 2:
+        figures["manifold"] = figure_manifold(run)
+    return figures
+
+
+def write_report(run_dir: str | os.PathLike, data_dir: str | None = None,
+                 out: str | os.PathLike | None = None, checkpoint: str = "best",
+                 device: str | None = None) -> Path:
+    """Save every figure into RUN/figures/ (or `out`) and write RUN/report.html embedding them."""
+    run = load_run(run_dir, checkpoint, device)
+    figure_dir = Path(out) if out else run.path / "figures"
+    paths = {name: plots.save(figure, figure_dir / f"{name}.png")
+             for name, figure in standard_figures(run, validation_split(run, data_dir)).items()}
+    report = run.path / "report.html"
+    try:
+        with atomic_open(report) as file:
+            file.write(render_html(run, paths))
+    except OSError as err:
+        raise VaelabError(f"cannot write {report} ({err.strerror}); is the run folder writable?")
+    return report
+
+
+# ---- HTML ----------------------------------------------------------------------------------
+
+_CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}table{border-collapse:collapse;
+margin:1em 0}td,th{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:right}
+th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}img{max-width:100%;
+border:1px solid #eee}figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}"""
+
+_CAPTIONS = {
+    "curves": "Negative ELBO and its two parts per epoch (nats per image).",
+    "reconstructions": "Validation digits (top) and their reconstructions from μ (bottom).",
+    "samples": "New digits: z drawn from the prior N(0, I), decoded (Bernoulli means).",
+    "interpolation": "Linear interpolation between the posterior means of validation 6s and 8s.",
+    "latent": "Posterior means of the 10,000 validation images, coloured by digit.",
+    "manifold": "The 2-D latent space decoded on a grid over the prior's quantiles.",
+}
+
+
+def render_html(run: Run, figures: dict[str, Path]) -> str:
+    last = run.metrics[-1] if run.metrics else {}
+    sections = [
+        f"<h1>vaelab run <code>{_e(run.path.name)}</code></h1>",
+        f"<p class=sub>{_e(run.config.dataset)}, {run.epoch} epochs, "
+        f"{count_parameters(run.model):,} parameters, written "
+        f"{datetime.now():%Y-%m-%d %H:%M}. Final validation loss "
+        f"{last.get('val_loss', float('nan')):.2f} nats per image.</p>",
+        "<h2>Against the seed</h2>", _seed_table(run),
+        "<h2>Per epoch</h2>", _metrics_table(run),
+    ]
+    evaluation = run.path / "eval.json"
+    if evaluation.is_file():
+        sections += ["<h2>Evaluation</h2>", _dict_table(json.loads(evaluation.read_text()))]
+    for name, path in figures.items():
+        data = base64.b64encode(path.read_bytes()).decode()
+        sections.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+                        f"<figcaption>{_e(_CAPTIONS.get(name, name))}</figcaption></figure>")
+    sections += ["<h2>Config</h2>", _dict_table(run.config.to_dict())]
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>vaelab "
+            f"{_e(run.path.name)}</title><style>{_CSS}</style></head><body>"
+            + "\n".join(sections) + "</body></html>\n")
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else _e(value)
+
+
+def _seed_table(run: Run) -> str:
+    ours = {int(row["epoch"]): row for row in run.metrics}
+    rows = []
+    for epoch, (train, val) in SEED_TABLE.items():
+        mine = ours.get(epoch, {})
+        rows.append([epoch, train, val, mine.get("train_batch_loss", "—"),
+                     mine.get("val_batch_loss", "—"), train * SEED_BATCHES_PER_IMAGE[0],
+                     val * SEED_BATCHES_PER_IMAGE[1], mine.get("train_loss", "—"),
+                     mine.get("val_loss", "—")])
+    note = ("<p>Seed convention: each batch's summed loss averaged over batches; "
+            "nats per image = that × batches / images.</p>")
+    return note + _table(["epoch", "seed train", "seed val", "ours train", "ours val",
+                          "seed train nats/img", "seed val nats/img", "ours train nats/img",
+                          "ours val nats/img"], rows)
+
+
+def _metrics_table(run: Run) -> str:
+    columns = ["epoch", "train_loss", "val_loss", "val_recon", "val_kl", "train_batch_loss",
+               "val_batch_loss", "epoch_seconds"]
+    return _table(columns, [[row[c] for c in columns] for row in run.metrics])
+
+
+def _dict_table(values: dict) -> str:
+    return _table(["setting", "value"], [[k, str(v)] for k, v in values.items()])
