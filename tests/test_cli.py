@@ -19,6 +19,10 @@ def cli(capsys, *args):
     return code, out, err
 
 
+def snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def assert_one_line_error(code, err, *words):
     assert code != 0
     lines = err.strip().splitlines()
@@ -40,7 +44,7 @@ def test_train_prints_a_row_per_epoch_and_resumes(capsys, quick, tmp_path):
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["epoch", "train_loss", "val_loss"]
     assert [line.split()[0] for line in lines[1:3]] == ["1", "2"]
-    assert lines[-1] == f"run saved in {tmp_path / 'run'}"
+    assert lines[-2] == f"run saved in {tmp_path / 'run'}"
     code, out, _ = cli(capsys, "train", "--resume", str(tmp_path / "run"), "--epochs", "3",
                        "--quiet")
     assert code == 0  # the earlier epochs are shown again for context, then the new one
@@ -83,12 +87,12 @@ def test_corrupt_data_file(capsys, data_dir, tmp_path):
 def test_existing_run_is_never_silently_overwritten(capsys, quick, tmp_path):
     run = tmp_path / "run"
     assert cli(capsys, "train", "--out", str(run), *quick)[0] == 0
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = snapshot(run)
     code, _, err = cli(capsys, "train", "--out", str(run), *quick)
     assert_one_line_error(code, err, "already holds a run", "--resume", "--force")
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert snapshot(run) == before
     assert cli(capsys, "train", "--out", str(run), "--force", "--seed", "3", *quick)[0] == 0
-    assert (run / "last.pt").read_bytes() != before["last.pt"]
+    assert (run / "last.pt").read_bytes() != before[run / "last.pt"]
 
 
 def test_resume_needs_a_checkpoint(capsys, tmp_path):
@@ -109,10 +113,10 @@ def test_resume_refuses_damaged_or_foreign_checkpoints(capsys, quick, tmp_path, 
         torch.save({"state_dict": torch.nn.Linear(2, 2).state_dict()}, run / "last.pt")
     else:
         (run / "last.pt").write_bytes(content((run / "last.pt").read_bytes()))
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = snapshot(run)
     code, _, err = cli(capsys, "train", "--resume", str(run), "--epochs", "2")
     assert_one_line_error(code, err, str(run / "last.pt"), *words)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert snapshot(run) == before
 
 
 def test_resume_refuses_changed_hyperparameters(capsys, quick, tmp_path):

@@ -125,11 +125,11 @@ def add_figure_commands(commands) -> None:
 def run_figures(args: argparse.Namespace) -> int:
     from . import plots
     from .report import validation_split
-    from .runs import load_run
+    from .runs import FIGURES, load_run
 
     run = load_run(args.run, args.checkpoint, args.device)
     val = validation_split(run, args.data_dir) if args.command != "sample" else None
-    folder = Path(args.out) if args.out else run.path / "figures"
+    folder = Path(args.out) if args.out else run.path / FIGURES
     for figure, name in zip(args.make(run, val, args), args.files):
         print(plots.save(figure, folder / f"{name}.png"))
     return 0

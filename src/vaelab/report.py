@@ -17,7 +17,7 @@ from .checkpoint import atomic_open
 from .data import Split, load_split, to_float
 from .errors import VaelabError
 from .model import count_parameters
-from .runs import Run, load_run
+from .runs import FIGURES, REPORT, Run, load_run
 
 # The seed's table (SEED.md): epoch -> (train, val) in its convention, each batch's summed
 # loss averaged over batches of 64: 938 training and 157 validation batches.
@@ -104,10 +104,10 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | None = None,
                  device: str | None = None) -> Path:
     """Save every figure into RUN/figures/ (or `out`) and write RUN/report.html embedding them."""
     run = load_run(run_dir, checkpoint, device)
-    figure_dir = Path(out) if out else run.path / "figures"
+    figure_dir = Path(out) if out else run.path / FIGURES
     paths = {name: plots.save(figure, figure_dir / f"{name}.png")
              for name, figure in standard_figures(run, validation_split(run, data_dir)).items()}
-    report = run.path / "report.html"
+    report = run.path / REPORT
     try:
         with atomic_open(report) as file:
             file.write(render_html(run, paths))

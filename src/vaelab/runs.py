@@ -24,7 +24,9 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 LAST = "last.pt"
 BEST = "best.pt"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST)
+REPORT = "report.html"
+FIGURES = "figures"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, REPORT)
 
 # nats per image, except *_batch_loss: the seed's convention, each batch's summed loss
 # averaged over batches (what the seed's table shows).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from .errors import VaelabError
 from .evaluate import Totals, evaluate_elbo
 from .losses import elbo_terms
 from .model import VAE
-from .runs import (BEST, LAST, RUN_FILES, config_from_checkpoint, holds_run, load_weights,
+from .runs import (BEST, FIGURES, LAST, RUN_FILES, config_from_checkpoint, holds_run, load_weights,
                    write_config, write_metrics)
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -144,6 +145,7 @@ def _claim_run_dir(run_dir: Path, replace: bool) -> None:
         if replace:
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / FIGURES, ignore_errors=True)
     except OSError as err:
         raise VaelabError(f"cannot write the run directory {run_dir} ({err.strerror}); "
                           "choose a writable --out") from None
