@@ -57,18 +57,27 @@ def _fsync_directory(folder: Path) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], version: str) -> None:
-    with atomic_open(path, "wb") as file:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION,
-                    "vaelab_version": version, **payload}, file)
+    try:
+        with atomic_open(path, "wb") as file:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION,
+                        "vaelab_version": version, **payload}, file)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path} ({err.strerror or err}); the previous "
+                              "checkpoint is intact: free space, then resume") from None
+
+
+def require_checkpoint(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train one with `vaelab train --out "
+                              f"{path.parent}` or point at a run directory that has one")
+    return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
     """Read and check a checkpoint; any defect is a one-line CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train one with `vaelab train --out "
-                              f"{path.parent}` or point at a run directory that has one")
+    path = require_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - whatever the damage, the file is unusable

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .config import Config, field_kind, flag_name
-from .errors import VaelabError
+from .errors import TrainingInterrupted, VaelabError
 
 log = logging.getLogger("vaelab")
 
@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="vaelab: %(message)s")
     try:
         return args.handler(args)
+    except TrainingInterrupted as stopped:
+        print(f"vaelab: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except VaelabError as err:
         print(f"vaelab: error: {err}", file=sys.stderr)
         return 1

@@ -35,6 +35,8 @@ class Config:
     lr: float = setting(1e-3, "Adam learning rate: the seed's LEARNING_RATE")
     epochs: int = setting(10, "passes over the training set: the seed's NUM_EPOCHS")
     beta: float = setting(1.0, "weight on the KL term; 1 optimizes the true ELBO, as the seed does")
+    grad_clip: float | None = setting(
+        None, "clip the gradient's total norm to this; unset = no clipping, as the seed")
     seed: int = setting(0, "seeds Python, NumPy and torch, shuffling and sampling included")
     device: str = setting("auto", "auto = cuda, then mps, then cpu; or name one (cpu, cuda:1)")
     data_dir: str | None = setting(
@@ -133,6 +135,8 @@ def _check_values(c: Config) -> None:
         _fail("lr", c.lr, "must be a finite number > 0, e.g. 1e-3")
     if not (math.isfinite(c.beta) and c.beta >= 0):
         _fail("beta", c.beta, "must be a finite number >= 0")
+    if c.grad_clip is not None and not (math.isfinite(c.grad_clip) and c.grad_clip > 0):
+        _fail("grad_clip", c.grad_clip, "must be a finite number > 0, or unset")
     if c.seed < 0:
         _fail("seed", c.seed, "must be >= 0")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device):

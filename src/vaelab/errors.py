@@ -19,3 +19,15 @@ class DataError(VaelabError):
 
 class CheckpointError(VaelabError):
     """A checkpoint or run directory is missing, damaged, foreign or from an unknown format."""
+
+
+class NonFiniteLoss(VaelabError):
+    """The loss or a gradient became NaN or infinite; the checkpoints keep the last good state."""
+
+
+class TrainingInterrupted(VaelabError):
+    """SIGINT or SIGTERM stopped training after a batch; last.pt holds everything so far."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -27,6 +29,7 @@ BEST = "best.pt"
 REPORT = "report.html"
 FIGURES = "figures"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, REPORT)
+LOCK = ".lock"
 
 # nats per image, except *_batch_loss: the seed's convention, each batch's summed loss
 # averaged over batches (what the seed's table shows).
@@ -77,6 +80,47 @@ def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) ->
     except (RuntimeError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
                               f"({str(err).splitlines()[0]}); the checkpoint is damaged") from None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold RUN/.lock while training writes into RUN. The lock is an flock, which the OS
+    drops when its process dies however it dies, so a dead run's lock is simply taken over."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: run unlocked rather than not at all
+        yield
+        return
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise VaelabError(f"{run_dir} is in use by another vaelab process (pid {holder}); "
+                              "wait for it to finish or stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_writable(run_dir: Path, nbytes: int) -> None:
+    """Write and delete `nbytes` in RUN before training, so an unwritable or full folder is
+    reported now, not after the first epoch."""
+    probe = run_dir / ".write-probe"
+    try:
+        with probe.open("wb") as file:
+            file.write(bytes(nbytes))
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as err:
+        problem = "the disk is full" if err.errno == errno.ENOSPC else err.strerror
+        raise VaelabError(f"cannot write {nbytes / 1e6:.1f} MB of checkpoints into {run_dir} "
+                          f"({problem}); free space or choose another --out") from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def holds_run(path: Path) -> bool:

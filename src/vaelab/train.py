@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,15 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, require_checkpoint, save_checkpoint
 from .config import Config, resolve_device
 from .data import Split, load_split, to_float
-from .errors import VaelabError
+from .errors import NonFiniteLoss, TrainingInterrupted, VaelabError
 from .evaluate import Totals, evaluate_elbo
-from .losses import elbo_terms
+from .losses import ELBOTerms, elbo_terms
 from .model import VAE
-from .runs import (BEST, FIGURES, LAST, RUN_FILES, config_from_checkpoint, holds_run, load_weights,
-                   write_config, write_metrics)
+from .runs import (BEST, FIGURES, LAST, RUN_FILES, check_writable, config_from_checkpoint,
+                   holds_run, load_weights, run_lock, write_config, write_metrics)
 
 EpochCallback = Callable[[dict[str, float]], None]
 
@@ -51,6 +53,7 @@ class TrainingState:
     step: int = 0             # optimizer steps taken
     best_val_loss: float = math.inf
     history: list[dict[str, float]] = field(default_factory=list)
+    partial: EpochProgress | None = None  # an epoch stopped part-way
 
     @classmethod
     def fresh(cls, config: Config, device: torch.device) -> TrainingState:
@@ -66,6 +69,7 @@ class TrainingState:
             "config": self.config.to_dict(), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
             "best_val_loss": self.best_val_loss, "history": self.history,
+            "partial": self.partial.to_dict() if self.partial else None,
             "rng": {"python": random.getstate(), "numpy": _numpy_state(),
                     "torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                     "noise": self.noise.get_state()},
@@ -83,6 +87,9 @@ class TrainingState:
         self.epoch, self.step = payload["epoch"], payload["step"]
         self.best_val_loss = payload["best_val_loss"]
         self.history = list(payload["history"])
+        partial = payload.get("partial")
+        device = next(self.model.parameters()).device
+        self.partial = EpochProgress.from_dict(partial, device) if partial else None
 
 
 def train(config: Config, out: str | Path | None = None, *, force: bool = False,
@@ -97,10 +104,14 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
                           f"--resume {run_dir}`, pick another --out, or pass --force to replace it")
     device = resolve_device(config.device)
     train_split, val_split = load_data(config)
-    _claim_run_dir(run_dir, replace=force)
-    write_config(run_dir, config)
-    state = TrainingState.fresh(config, device)
-    _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
+    _make_run_dir(run_dir)
+    with run_lock(run_dir):
+        if force:
+            _clear_run(run_dir)
+        elif holds_run(run_dir):  # another process started a run here since the check
+            raise VaelabError(f"{run_dir} already holds a run; pass --force to replace it")
+        state = TrainingState.fresh(config, device)
+        _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
     return run_dir
 
 
@@ -109,21 +120,23 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
     """Continue RUN_DIR from last.pt with its saved config; `changes` may set epochs (to
     train further), data_dir or device."""
     run_dir = Path(run_dir)
-    payload = load_checkpoint(run_dir / LAST)
-    refused = sorted(set(changes) - set(RESUMABLE_CHANGES))
-    if refused:
-        raise VaelabError(f"a resumed run keeps its settings; cannot change {', '.join(refused)} "
-                          f"(only {', '.join(RESUMABLE_CHANGES)}); start a new run instead")
-    config = config_from_checkpoint(payload, run_dir).replace(**changes)
-    if config.epochs < payload["epoch"]:
-        raise VaelabError(f"{run_dir} has already trained {payload['epoch']} epochs; "
-                          f"--epochs must be at least that, got {config.epochs}")
-    device = resolve_device(config.device)
-    train_split, val_split = load_data(config)
-    state = TrainingState.fresh(config, device)
-    state.restore(payload, run_dir / LAST)
-    write_config(run_dir, config)
-    _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
+    require_checkpoint(run_dir / LAST)
+    with run_lock(run_dir):
+        payload = load_checkpoint(run_dir / LAST)
+        refused = sorted(set(changes) - set(RESUMABLE_CHANGES))
+        if refused:
+            raise VaelabError(f"a resumed run keeps its settings; cannot change "
+                              f"{', '.join(refused)} (only {', '.join(RESUMABLE_CHANGES)}); "
+                              "start a new run instead")
+        config = config_from_checkpoint(payload, run_dir).replace(**changes)
+        if config.epochs < payload["epoch"]:
+            raise VaelabError(f"{run_dir} has already trained {payload['epoch']} epochs; "
+                              f"--epochs must be at least that, got {config.epochs}")
+        device = resolve_device(config.device)
+        train_split, val_split = load_data(config)
+        state = TrainingState.fresh(config, device)
+        state.restore(payload, run_dir / LAST)
+        _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
     return run_dir
 
 
@@ -139,16 +152,64 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
-def _claim_run_dir(run_dir: Path, replace: bool) -> None:
+def _make_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if replace:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / FIGURES, ignore_errors=True)
     except OSError as err:
-        raise VaelabError(f"cannot write the run directory {run_dir} ({err.strerror}); "
+        raise VaelabError(f"cannot create the run directory {run_dir} ({err.strerror}); "
                           "choose a writable --out") from None
+
+
+def _clear_run(run_dir: Path) -> None:
+    """--force: remove the previous run's files (only ever called holding the run's lock)."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / FIGURES, ignore_errors=True)
+
+
+class _StopSignals:
+    """The first SIGINT or SIGTERM becomes a request to stop after the current batch (so the
+    checkpoint is consistent); a second one acts as it normally would."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signals need the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._request_stop)
+        return self
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signum, self.previous[signum])
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+@dataclass
+class EpochProgress:
+    """How far the current epoch got: saved in last.pt when training stops mid-epoch."""
+
+    order: torch.Tensor  # this epoch's permutation of the training images
+    totals: Totals
+    next_batch: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"order": self.order.cpu(), "sums": self.totals.sums.cpu(),
+                "images": self.totals.images, "next_batch": self.next_batch,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], device: torch.device) -> EpochProgress:
+        totals = Totals(device)
+        totals.sums.copy_(saved["sums"])
+        totals.images = saved["images"]
+        return cls(saved["order"].to(device), totals, saved["next_batch"], saved["seconds"])
 
 
 def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Path,
@@ -157,40 +218,88 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     device = next(state.model.parameters()).device
     train_images, val_images = train_split.images.to(device), val_split.images.to(device)
     show = sys.stderr.isatty() if progress is None else progress
-    for epoch in range(state.epoch + 1, config.epochs + 1):
-        started = time.perf_counter()
-        train_totals = _train_epoch(state, train_images, epoch, show)
-        val_totals = evaluate_elbo(state.model, val_images, seed=config.seed)
-        row = {"epoch": epoch, "step": state.step,
-               **train_totals.means("train", config.batch_size),
-               **val_totals.means("val", config.batch_size),
-               "beta": config.beta, "lr": state.optimizer.param_groups[0]["lr"],
-               "epoch_seconds": time.perf_counter() - started}
-        _end_epoch(state, row, run_dir)
-        if on_epoch_end:
-            on_epoch_end(row)
+    check_writable(run_dir, 2 * _checkpoint_bytes(state, len(train_images)))
+    write_config(run_dir, config)
+    write_metrics(run_dir, state.history)  # matches last.pt even after a SIGKILL
+    with _StopSignals() as stop:
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            result = _train_epoch(state, train_images, epoch, show, stop)
+            if result is None:  # stopped mid-epoch: state.partial says where
+                save_checkpoint(run_dir / LAST, state.checkpoint(), __version__)
+                raise _interrupted(stop.signum, run_dir, epoch, state.partial.next_batch)
+            train_totals, started = result
+            val_totals = evaluate_elbo(state.model, val_images, seed=config.seed)
+            row = {"epoch": epoch, "step": state.step,
+                   **train_totals.means("train", config.batch_size),
+                   **val_totals.means("val", config.batch_size),
+                   "beta": config.beta, "lr": state.optimizer.param_groups[0]["lr"],
+                   "epoch_seconds": time.perf_counter() - started}
+            _end_epoch(state, row, run_dir)
+            if on_epoch_end:
+                on_epoch_end(row)
+            if stop.signum is not None and epoch < config.epochs:
+                raise _interrupted(stop.signum, run_dir, epoch + 1, 0)
 
 
-def _train_epoch(state: TrainingState, images: torch.Tensor, epoch: int, show: bool) -> Totals:
+def _train_epoch(state: TrainingState, images: torch.Tensor, epoch: int, show: bool,
+                 stop: _StopSignals) -> tuple[Totals, float] | None:
+    """Train one epoch (or the rest of a saved one); None if a stop was requested first."""
+    size = state.config.batch_size
+    batches = math.ceil(len(images) / size)
+    progress = state.partial or EpochProgress(
+        torch.randperm(len(images), generator=state.shuffle).to(images.device),
+        Totals(images.device))
+    state.partial = None
+    started = time.perf_counter() - progress.seconds
+    state.model.train()
+    bar = tqdm(total=batches, initial=progress.next_batch, desc=f"epoch {epoch}/"
+               f"{state.config.epochs}", unit="batch", disable=not show, leave=False,
+               dynamic_ncols=True)
+    with bar:
+        for batch in range(progress.next_batch, batches):
+            x = to_float(images[progress.order[batch * size:(batch + 1) * size]])
+            terms = _step(state, x, epoch, batch)
+            progress.totals.add(terms)
+            bar.update()
+            if show and state.step % 50 == 0:
+                bar.set_postfix(loss=f"{terms.loss.mean().item():.2f}")
+            if stop.signum is not None and batch + 1 < batches:
+                progress.next_batch, progress.seconds = batch + 1, time.perf_counter() - started
+                state.partial = progress
+                return None
+    return progress.totals, started
+
+
+def _step(state: TrainingState, x: torch.Tensor, epoch: int, batch: int) -> ELBOTerms:
+    """One Adam step on the batch's mean objective; refuses to apply a non-finite update."""
     config, model, optimizer = state.config, state.model, state.optimizer
-    order = torch.randperm(len(images), generator=state.shuffle).to(images.device)
-    starts = range(0, len(images), config.batch_size)
-    totals = Totals(images.device)
-    model.train()
-    bar = tqdm(starts, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not show,
-               leave=False, dynamic_ncols=True)
-    for start in bar:
-        x = to_float(images[order[start:start + config.batch_size]])
-        logits, mu, logvar = model(x, state.noise)
-        terms = elbo_terms(logits, x, mu, logvar, config.beta)
-        optimizer.zero_grad(set_to_none=True)
-        terms.objective.mean().backward()
-        optimizer.step()
-        state.step += 1
-        totals.add(terms)
-        if show and state.step % 50 == 0:
-            bar.set_postfix(loss=f"{terms.loss.mean().item():.2f}")
-    return totals
+    logits, mu, logvar = model(x, state.noise)
+    terms = elbo_terms(logits, x, mu, logvar, config.beta)
+    objective = terms.objective.mean()
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+    if not torch.isfinite(objective.detach() + grad_norm):
+        what = "loss" if not torch.isfinite(objective) else "gradient"
+        raise NonFiniteLoss(
+            f"the {what} became {(objective.detach() + grad_norm).item()} in epoch {epoch}, "
+            f"batch {batch + 1}; last.pt and best.pt keep epoch {state.epoch}. Start a new "
+            f"run with a lower --lr (now {config.lr:g}) or with --grad-clip (e.g. 100)")
+    optimizer.step()
+    state.step += 1
+    return terms
+
+
+def _interrupted(signum: int, run_dir: Path, epoch: int, batch: int) -> TrainingInterrupted:
+    where = f"before epoch {epoch}" if batch == 0 else f"in epoch {epoch} after batch {batch}"
+    return TrainingInterrupted(
+        f"stopped by {signal.Signals(signum).name} {where}; {run_dir / LAST} holds the run so "
+        f"far. Resume with: vaelab train --resume {run_dir}", signum)
+
+
+def _checkpoint_bytes(state: TrainingState, train_images: int) -> int:
+    """Roughly what one checkpoint takes: weights and Adam's two moments, the epoch order."""
+    return 3 * 4 * sum(p.numel() for p in state.model.parameters()) + 8 * train_images + 65536
 
 
 def _end_epoch(state: TrainingState, row: dict[str, float], run_dir: Path) -> None:

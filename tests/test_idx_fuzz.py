@@ -1,0 +1,68 @@
+"""Fuzzing the IDX reader: any bytes give the right array or a DataError, within bounded memory."""
+
+import gzip
+import struct
+import tracemalloc
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vaelab.data import read_idx
+from vaelab.errors import DataError
+
+SLACK = 3 << 20  # the 1 MiB read chunk, gzip's buffers and the interpreter's own
+
+
+def read_with_peak(path):
+    tracemalloc.start()
+    try:
+        try:
+            return read_idx(path), tracemalloc.get_traced_memory()[1]
+        except DataError:
+            return None, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def write(path, data, gzipped):
+    path.write_bytes(gzip.compress(data) if gzipped else data)
+    return len(path.read_bytes()) * (1032 if gzipped else 1)  # what the file can justify
+
+
+fuzz = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@fuzz
+@given(data=st.binary(max_size=3000), gzipped=st.booleans())
+def test_arbitrary_bytes(tmp_path, data, gzipped):
+    justified = write(tmp_path / "f", data, gzipped)
+    array, peak = read_with_peak(tmp_path / "f")
+    assert peak < justified + SLACK
+    if array is not None:
+        assert array.dtype == np.uint8 and array.tobytes() == data[4 + 4 * array.ndim:]
+
+
+@fuzz
+@given(ndim=st.sampled_from([1, 3]), dims=st.lists(st.integers(0, 2**32 - 1), min_size=3,
+                                                   max_size=3),
+       payload=st.binary(max_size=3000), gzipped=st.booleans())
+def test_plausible_headers_with_any_sizes(tmp_path, ndim, dims, payload, gzipped):
+    dims = dims[:ndim]
+    data = bytes([0, 0, 8, ndim]) + struct.pack(f">{ndim}I", *dims) + payload
+    justified = write(tmp_path / "f", data, gzipped)
+    array, peak = read_with_peak(tmp_path / "f")
+    assert peak < justified + SLACK  # a header claiming gigabytes allocates nothing
+    if np.prod(dims, dtype=object) == len(payload):
+        assert array is not None and array.shape == tuple(dims)
+        assert array.tobytes() == payload
+    else:
+        assert array is None
+
+
+def test_a_gzip_bomb_header_is_refused_quickly(tmp_path):
+    data = bytes([0, 0, 8, 3]) + struct.pack(">3I", 60_000_000, 28, 28) + bytes(1000)
+    justified = write(tmp_path / "f.gz", data, True)
+    array, peak = read_with_peak(tmp_path / "f.gz")
+    assert array is None and peak < justified + SLACK
