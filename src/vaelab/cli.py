@@ -61,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train)
     train.set_defaults(handler=run_train)
     add_figure_commands(commands)
+    evaluate = commands.add_parser(
+        "evaluate", help="ELBO, importance-weighted log-likelihood, active units",
+        description="Negative ELBO and the importance-weighted NLL (nats per image, bits per "
+                    "dimension) with standard errors; writes RUN/eval.json (eval-train.json).")
+    _add_run_arguments(evaluate, out_help=argparse.SUPPRESS)
+    evaluate.add_argument("--iw-samples", type=int, default=5000, metavar="K",
+                          help="importance samples per image (default: 5000, as papers)")
+    evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test",
+                          help="the 10,000 test images (the validation set) or the training set")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=run_evaluate)
     report = commands.add_parser("report", help="write RUN/report.html with every figure")
     _add_run_arguments(report, out_help="folder for the figures (default RUN/figures)")
     report.set_defaults(handler=run_report)
@@ -132,6 +145,29 @@ def run_figures(args: argparse.Namespace) -> int:
     folder = Path(args.out) if args.out else run.path / FIGURES
     for figure, name in zip(args.make(run, val, args), args.files):
         print(plots.save(figure, folder / f"{name}.png"))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import write_evaluation
+
+    result, path = write_evaluation(args.run, args.iw_samples, args.split, args.limit,
+                                    args.seed, args.checkpoint, args.device, args.data_dir,
+                                    progress=False if args.quiet else None)
+    k, stderr = result["iw_samples"], result["nll_stderr"]
+    rows = [(f"-log p(x), IW K={k}", result["nll"], stderr),
+            ("-ELBO", result["neg_elbo"], result["neg_elbo_stderr"]),
+            ("  reconstruction", result["recon"], None), ("  KL", result["kl"], None)]
+    print(f"{result['images']} {args.split} images, {result['binarize']} targets, "
+          f"{result['checkpoint']}.pt (epoch {result['epoch']})")
+    print(f"{'':22}  {'nats/image':>10}  {'± stderr':>8}")
+    for name, value, error in rows:
+        print(f"{name:22}  {value:>10.2f}  {'' if error is None else f'{error:8.2f}':>8}")
+    print(f"{'-log p(x), bits/dim':22}  {result['nll_bits_per_dim']:>10.4f}")
+    print(f"{'active units':22}  {result['active_units']:>6} of {result['latent_dim']}")
+    if "pixel_entropy" in result:
+        print(f"{'grayscale floor':22}  {result['pixel_entropy']:>10.2f}  (pixel entropy)")
+    print(f"written to {path}")
     return 0
 
 

@@ -35,6 +35,14 @@ class Config:
     lr: float = setting(1e-3, "Adam learning rate: the seed's LEARNING_RATE")
     epochs: int = setting(10, "passes over the training set: the seed's NUM_EPOCHS")
     beta: float = setting(1.0, "weight on the KL term; 1 optimizes the true ELBO, as the seed does")
+    binarize: Literal["none", "dynamic", "static"] = setting(
+        "none", "none: grayscale targets, the seed's; dynamic/static: the binarized-MNIST "
+        "likelihood protocol (resampled each batch / fixed once)")
+    kl_warmup: int = setting(
+        0, "epochs over which the KL weight rises linearly from 0 to beta; 0 = none, the seed's")
+    iw_train: int = setting(
+        1, "importance samples per image in the training bound: 1 = the ELBO (the seed's), "
+        "K > 1 = the IWAE bound")
     grad_clip: float | None = setting(
         None, "clip the gradient's total norm to this; unset = no clipping, as the seed")
     seed: int = setting(0, "seeds Python, NumPy and torch, shuffling and sampling included")
@@ -124,7 +132,11 @@ def _admits(hint: Any, kind: type) -> bool:
 def _check_values(c: Config) -> None:
     if c.dataset not in DATASETS:
         _fail("dataset", c.dataset, f"one of {', '.join(DATASETS)}")
-    for name in ("latent_dim", "batch_size", "epochs"):
+    if c.binarize not in ("none", "dynamic", "static"):
+        _fail("binarize", c.binarize, "one of none, dynamic, static")
+    if c.kl_warmup < 0:
+        _fail("kl_warmup", c.kl_warmup, "must be >= 0 epochs")
+    for name in ("latent_dim", "batch_size", "epochs", "iw_train"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "must be at least 1")
     for name in ("limit_train", "limit_val"):

@@ -58,6 +58,18 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
+# Binarized runs are all measured on one binarization of the validation (test) images, made
+# with this seed, so that their numbers compare. (Static training sets use seed + 1.)
+TEST_BINARIZATION_SEED = 0
+
+
+def binarize(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Stochastic binarization: each pixel becomes 255 with probability its intensity, else 0
+    (uint8 in, uint8 out), as in the binarized-MNIST likelihood literature."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(to_float(images), generator=generator).mul_(255).to(torch.uint8)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The explicit folder, else $VAELAB_DATA_DIR, else ./data."""
     return Path(data_dir or os.environ.get(DATA_DIR_ENV) or "data").expanduser()

@@ -1,16 +1,28 @@
-"""Measuring a model: the ELBO over a split (more estimators join here)."""
+"""Measuring a model: the ELBO, the importance-weighted log-likelihood, active units."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from .data import to_float
-from .losses import ELBOTerms, elbo_terms
+from .checkpoint import atomic_open
+from .data import load_split, to_float
+from .errors import VaelabError
+from .losses import (ELBOTerms, bernoulli_nll, elbo_terms, iwae_bound, kl_standard_normal,
+                     log_importance_weights)
 from .model import VAE
 
 EVAL_BATCH = 1000  # larger than training batches: evaluation has no gradients to hold
+DECODES_PER_PASS = 1024  # images x samples decoded at once: bounds memory at any K (and
+# measured fastest here: larger passes fall out of cache)
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: unit i is active if Cov_x(E_q[z_i]) > 0.01
 
 
 class Totals:
@@ -54,3 +66,124 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
         totals.add(elbo_terms(logits, x, mu, logvar))
     model.train(was_training)
     return totals
+
+
+@torch.inference_mode()
+def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
+                      progress: bool = False) -> dict[str, torch.Tensor]:
+    """Per-image estimates over uint8 `images` (N, 1, 28, 28), float64 on the CPU:
+
+    log_px    L_K = logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K, z_k ~ q(z|x),
+              a lower bound on log p(x) that tightens as K grows (Burda et al. 2016);
+    recon     E_q[-log p(x|z)], averaged over the same K samples;
+    kl        KL(q(z|x) || N(0, I)), analytic;  -ELBO = recon + kl;
+    ess       the effective sample size (sum w)^2 / sum w^2 of the K weights: near K when
+              q(z|x) matches the posterior; near 1 when a few samples dominate and the
+              estimate has not converged;
+    mu        the posterior means (for active units).
+    Images go in batches and samples in chunks of at most DECODES_PER_PASS decodes.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    per_batch = max(1, DECODES_PER_PASS // samples)
+    chunk = min(samples, DECODES_PER_PASS)
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {"log_px": [], "recon": [], "kl": [], "ess": [],
+                                            "mu": []}
+    with tqdm(total=len(images), unit="image", disable=not progress, leave=False) as bar:
+        for start in range(0, len(images), per_batch):
+            x = to_float(images[start:start + per_batch].to(device))
+            mu, logvar = model.encode(x)
+            log_sum = torch.full((len(x),), -math.inf, dtype=torch.float64, device=device)
+            log_sum_sq = log_sum.clone()
+            nll_sum = torch.zeros(len(x), dtype=torch.float64, device=device)
+            for done in range(0, samples, chunk):
+                z = model.sample_latents(mu, logvar, min(chunk, samples - done), generator)
+                logits = model.decode_latents(z)
+                nll = bernoulli_nll(logits.flatten(0, 1), x.expand_as(logits).flatten(0, 1))
+                nll = nll.view(z.shape[:2]).double()
+                log_w = log_importance_weights(-nll, z.double(), mu.double(), logvar.double())
+                log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
+                log_sum_sq = torch.logaddexp(log_sum_sq, torch.logsumexp(2 * log_w, 0))
+                nll_sum += nll.sum(0)
+            parts["log_px"].append((log_sum - math.log(samples)).cpu())
+            parts["recon"].append((nll_sum / samples).cpu())
+            parts["kl"].append(kl_standard_normal(mu, logvar).double().cpu())
+            parts["ess"].append(torch.exp(2 * log_sum - log_sum_sq).cpu())
+            parts["mu"].append(mu.cpu())
+            bar.update(len(x))
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def summarize(estimates: dict[str, torch.Tensor], pixels: int = 28 * 28) -> dict[str, float]:
+    """Means with standard errors across images (nats per image, and bits per dimension for
+    the NLL), and the number of active units."""
+    nll, neg_elbo = -estimates["log_px"], estimates["recon"] + estimates["kl"]
+    n = len(nll)
+
+    def stderr(values: torch.Tensor) -> float:
+        return values.std().item() / math.sqrt(n) if n > 1 else math.nan
+
+    variances = estimates["mu"].double().var(0, unbiased=False)
+    return {
+        "images": n,
+        "nll": nll.mean().item(), "nll_stderr": stderr(nll),
+        "nll_bits_per_dim": nll.mean().item() / (pixels * math.log(2)),
+        "neg_elbo": neg_elbo.mean().item(), "neg_elbo_stderr": stderr(neg_elbo),
+        "recon": estimates["recon"].mean().item(), "kl": estimates["kl"].mean().item(),
+        "active_units": int((variances > ACTIVE_UNIT_THRESHOLD).sum()),
+        "effective_samples_median": estimates["ess"].median().item(),
+        "latent_dim": estimates["mu"].shape[1],
+    }
+
+
+def pixel_entropy(images: torch.Tensor) -> float:
+    """Mean over images of sum_pixels H(x) = -[x log x + (1 - x) log(1 - x)]: the smallest
+    Bernoulli cross-entropy any model can reach on grayscale targets (where p = x)."""
+    x = to_float(images).double()
+    return bernoulli_nll(torch.logit(x, eps=1e-12), x).mean().item()
+
+
+def evaluate_run(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
+                 progress: bool = False) -> dict[str, float]:
+    """The numbers of `vaelab evaluate`, timed."""
+    started = time.perf_counter()
+    result = summarize(log_likelihood_iw(model, images, samples, seed, progress))
+    return {"iw_samples": samples, **result, "seconds": time.perf_counter() - started}
+
+
+def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
+                     limit: int | None = None, seed: int = 0, checkpoint: str = "best",
+                     device: str | None = None, data_dir: str | None = None,
+                     progress: bool | None = None) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run's checkpoint on its test (or training) images; write RUN/eval.json
+    (eval-train.json) atomically and return the numbers with the file's path."""
+    from .runs import load_run
+    from .train import training_images, validation_images
+
+    if samples < 1:
+        raise VaelabError(f"--iw-samples {samples} is not allowed: it must be at least 1")
+    if limit is not None and limit < 1:
+        raise VaelabError(f"--limit {limit} is not allowed: it must be at least 1")
+    run = load_run(run_dir, checkpoint, device)
+    config = run.config.replace(data_dir=data_dir or run.config.data_dir)
+    data = load_split(config.dataset, "val" if split == "test" else "train", config.data_dir,
+                      limit)
+    if split == "train" and config.binarize == "static":
+        images = training_images(config, data)  # the one binarization it trained on
+    else:
+        images = validation_images(config, data)
+    show = sys.stderr.isatty() if progress is None else progress
+    result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
+              "dataset": config.dataset, "binarize": config.binarize,
+              **evaluate_run(run.model, images, samples, seed, show)}
+    if config.binarize == "none":
+        result["pixel_entropy"] = pixel_entropy(images)
+    path = run.path / ("eval.json" if split == "test" else "eval-train.json")
+    try:
+        with atomic_open(path) as file:
+            json.dump(result, file, indent=2)
+            file.write("\n")
+    except OSError as err:
+        raise VaelabError(f"cannot write {path} ({err.strerror}); is the run folder writable?")
+    return result, path

@@ -1,10 +1,13 @@
-"""The ELBO's terms as pure functions, one value per image (reduce afterwards).
+"""The ELBO's terms and the importance-weighted bound, as pure functions, one value per image.
 
-    -ELBO(x) = E_q[-log p(x|z)] + KL(q(z|x) || p(z))     (nats per image)
+    -ELBO(x) = E_q[-log p(x|z)] + KL(q(z|x) || p(z))                      (nats per image)
+    log w_k  = log p(x|z_k) + log p(z_k) - log q(z_k|x),   z_k ~ q(z|x)
+    L_K(x)   = log (1/K) sum_k w_k  <=  log p(x),   L_1 = ELBO, L_K rises with K to log p(x)
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -45,3 +48,41 @@ def elbo_terms(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: 
     recon = bernoulli_nll(logits, x)
     kl = kl_standard_normal(mu, logvar)
     return ELBOTerms(recon + kl, recon, kl, recon + beta * kl)
+
+
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor | float = 0.0,
+                         logvar: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """log N(z; mu, diag exp(logvar)) = -1/2 sum_d (log 2 pi + logvar + (z - mu)^2 / exp(logvar)).
+
+    z: (..., D) -> (...); mu and logvar broadcast against z (0, 0 gives the prior N(0, I)).
+    """
+    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+def log_importance_weights(log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
+                           logvar: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+    """log w_k = log p(x|z_k) + kl_weight * (log p(z_k) - log q(z_k|x)).
+
+    log_px_z: (K, B); z: (K, B, D); mu, logvar: (B, D) -> (K, B). kl_weight < 1 is KL warm-up.
+    """
+    return log_px_z + kl_weight * (gaussian_log_density(z) - gaussian_log_density(z, mu, logvar))
+
+
+def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
+    """L_K = logsumexp_k(log w_k) - log K: (K, B) -> (B,), computed stably."""
+    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+
+
+def iwae_terms(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
+               logvar: torch.Tensor, beta: float = 1.0) -> ELBOTerms:
+    """K samples per image: objective = -L_K (the IWAE bound, Burda et al. 2016); the
+    reported recon (averaged over the K samples) and analytic KL still add to the -ELBO.
+
+    logits: (K, B, 1, 28, 28); x: (B, 1, 28, 28); z: (K, B, D); mu, logvar: (B, D).
+    """
+    nll = bernoulli_nll(logits.flatten(0, 1), x.expand_as(logits).flatten(0, 1))
+    nll = nll.view(z.shape[:2])
+    recon, kl = nll.mean(0), kl_standard_normal(mu, logvar)
+    objective = -iwae_bound(log_importance_weights(-nll, z, mu, logvar, beta))
+    return ELBOTerms(recon + kl, recon, kl, objective)

@@ -71,6 +71,18 @@ class VAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
+    @staticmethod
+    def sample_latents(mu: torch.Tensor, logvar: torch.Tensor, samples: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """`samples` draws z ~ q(z|x) per image: mu, logvar (B, D) -> z (samples, B, D)."""
+        eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device,
+                          dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """z (K, B, D) -> logits (K, B, 1, 28, 28): all K x B decoded in one batch."""
+        return self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, 1, 28, 28) -> (logits (B, 1, 28, 28), mu (B, D), logvar (B, D))."""

@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import load_checkpoint, require_checkpoint, save_checkpoint
 from .config import Config, resolve_device
-from .data import Split, load_split, to_float
+from .data import TEST_BINARIZATION_SEED, Split, binarize, load_split, to_float
 from .errors import NonFiniteLoss, TrainingInterrupted, VaelabError
 from .evaluate import Totals, evaluate_elbo
-from .losses import ELBOTerms, elbo_terms
+from .losses import ELBOTerms, elbo_terms, iwae_terms
 from .model import VAE
 from .runs import (BEST, FIGURES, LAST, RUN_FILES, check_writable, config_from_checkpoint,
                    holds_run, load_weights, run_lock, write_config, write_metrics)
@@ -47,8 +47,9 @@ class TrainingState:
     config: Config
     model: VAE
     optimizer: torch.optim.Optimizer
-    shuffle: torch.Generator  # orders the batches of each epoch (CPU)
-    noise: torch.Generator    # eps of the reparameterization (on the run's device)
+    shuffle: torch.Generator   # orders the batches of each epoch (CPU)
+    noise: torch.Generator     # eps of the reparameterization (on the run's device)
+    binarizer: torch.Generator  # dynamic binarization's draws (on the run's device)
     epoch: int = 0            # completed epochs
     step: int = 0             # optimizer steps taken
     best_val_loss: float = math.inf
@@ -62,7 +63,8 @@ class TrainingState:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         shuffle = torch.Generator().manual_seed(config.seed)
         noise = torch.Generator(device=device).manual_seed(config.seed + 1)
-        return cls(config, model, optimizer, shuffle, noise)
+        binarizer = torch.Generator(device=device).manual_seed(config.seed + 2)
+        return cls(config, model, optimizer, shuffle, noise, binarizer)
 
     def checkpoint(self) -> dict[str, Any]:
         return {
@@ -72,7 +74,7 @@ class TrainingState:
             "partial": self.partial.to_dict() if self.partial else None,
             "rng": {"python": random.getstate(), "numpy": _numpy_state(),
                     "torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
-                    "noise": self.noise.get_state()},
+                    "noise": self.noise.get_state(), "binarizer": self.binarizer.get_state()},
         }
 
     def restore(self, payload: dict[str, Any], path: Path) -> None:
@@ -84,6 +86,7 @@ class TrainingState:
         torch.set_rng_state(rng["torch"])
         self.shuffle.set_state(rng["shuffle"])
         self.noise.set_state(rng["noise"])
+        self.binarizer.set_state(rng["binarizer"])
         self.epoch, self.step = payload["epoch"], payload["step"]
         self.best_val_loss = payload["best_val_loss"]
         self.history = list(payload["history"])
@@ -144,6 +147,27 @@ def load_data(config: Config) -> tuple[Split, Split]:
     """The seed's split: the 60,000 training images, the 10,000 test images as validation."""
     return (load_split(config.dataset, "train", config.data_dir, config.limit_train),
             load_split(config.dataset, "val", config.data_dir, config.limit_val))
+
+
+def training_images(config: Config, split: Split) -> torch.Tensor:
+    """What the model learns from: grayscale (the seed's), or binarized once (static)."""
+    return binarize(split.images, config.seed + 1) if config.binarize == "static" else split.images
+
+
+def validation_images(config: Config, split: Split) -> torch.Tensor:
+    """Grayscale runs are measured on grayscale images; binarized runs on the one fixed
+    binarization every binarized run shares (TEST_BINARIZATION_SEED)."""
+    if config.binarize == "none":
+        return split.images
+    return binarize(split.images, TEST_BINARIZATION_SEED)
+
+
+def kl_weight(beta: float, warmup_epochs: int, step: int, steps_per_epoch: int) -> float:
+    """The KL term's weight at optimizer step `step` (0-based): rises linearly from 0 to
+    beta over the first `warmup_epochs` epochs, then stays at beta (Sønderby et al. 2016)."""
+    if warmup_epochs == 0:
+        return beta
+    return beta * min(1.0, step / (warmup_epochs * steps_per_epoch))
 
 
 def set_seed(seed: int) -> None:
@@ -216,7 +240,8 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
          progress: bool | None, on_epoch_end: EpochCallback | None) -> None:
     config = state.config
     device = next(state.model.parameters()).device
-    train_images, val_images = train_split.images.to(device), val_split.images.to(device)
+    train_images = training_images(config, train_split).to(device)
+    val_images = validation_images(config, val_split).to(device)
     show = sys.stderr.isatty() if progress is None else progress
     check_writable(run_dir, 2 * _checkpoint_bytes(state, len(train_images)))
     write_config(run_dir, config)
@@ -232,7 +257,8 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
             row = {"epoch": epoch, "step": state.step,
                    **train_totals.means("train", config.batch_size),
                    **val_totals.means("val", config.batch_size),
-                   "beta": config.beta, "lr": state.optimizer.param_groups[0]["lr"],
+                   "beta": _kl_weight_now(state, len(train_images)),
+                   "lr": state.optimizer.param_groups[0]["lr"],
                    "epoch_seconds": time.perf_counter() - started}
             _end_epoch(state, row, run_dir)
             if on_epoch_end:
@@ -258,7 +284,9 @@ def _train_epoch(state: TrainingState, images: torch.Tensor, epoch: int, show: b
     with bar:
         for batch in range(progress.next_batch, batches):
             x = to_float(images[progress.order[batch * size:(batch + 1) * size]])
-            terms = _step(state, x, epoch, batch)
+            if state.config.binarize == "dynamic":
+                x = torch.bernoulli(x, generator=state.binarizer)
+            terms = _step(state, x, epoch, batch, _kl_weight_now(state, len(images)))
             progress.totals.add(terms)
             bar.update()
             if show and state.step % 50 == 0:
@@ -270,11 +298,22 @@ def _train_epoch(state: TrainingState, images: torch.Tensor, epoch: int, show: b
     return progress.totals, started
 
 
-def _step(state: TrainingState, x: torch.Tensor, epoch: int, batch: int) -> ELBOTerms:
+def _kl_weight_now(state: TrainingState, train_images: int) -> float:
+    steps_per_epoch = math.ceil(train_images / state.config.batch_size)
+    return kl_weight(state.config.beta, state.config.kl_warmup, state.step, steps_per_epoch)
+
+
+def _step(state: TrainingState, x: torch.Tensor, epoch: int, batch: int,
+          beta: float) -> ELBOTerms:
     """One Adam step on the batch's mean objective; refuses to apply a non-finite update."""
     config, model, optimizer = state.config, state.model, state.optimizer
-    logits, mu, logvar = model(x, state.noise)
-    terms = elbo_terms(logits, x, mu, logvar, config.beta)
+    if config.iw_train == 1:
+        logits, mu, logvar = model(x, state.noise)
+        terms = elbo_terms(logits, x, mu, logvar, beta)
+    else:
+        mu, logvar = model.encode(x)
+        z = model.sample_latents(mu, logvar, config.iw_train, state.noise)
+        terms = iwae_terms(model.decode_latents(z), x, z, mu, logvar, beta)
     objective = terms.objective.mean()
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
