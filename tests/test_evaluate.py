@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from vaelab import Config, load_run, train
+from vaelab import load_run, train
 from vaelab.cli import main
 from vaelab.data import load_split, to_float
 from vaelab.evaluate import log_likelihood_iw, pixel_entropy, summarize

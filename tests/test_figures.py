@@ -4,13 +4,19 @@ import pytest
 import torch
 from PIL import Image
 
-from vaelab import Config, load_run, train
+from vaelab import load_run, train
 from vaelab.cli import main
 from vaelab.data import Split, load_split
-from vaelab.generate import (interpolate, interpolation_path, pick_pairs, project_2d,
-                             reconstruct, sample_prior)
-from vaelab.plots import grid_figure_size
 from vaelab.errors import VaelabError
+from vaelab.generate import (
+    interpolate,
+    interpolation_path,
+    pick_pairs,
+    project_2d,
+    reconstruct,
+    sample_prior,
+)
+from vaelab.plots import grid_figure_size
 
 
 def cli(capsys, *args):

@@ -2,7 +2,7 @@ import csv
 
 import torch
 
-from vaelab import Config, VAE, load_run, resume, train
+from vaelab import VAE, Config, load_run, resume, train
 from vaelab.checkpoint import load_checkpoint
 from vaelab.data import load_split
 from vaelab.evaluate import evaluate_elbo

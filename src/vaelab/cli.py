@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .config import Config, field_kind, flag_name
+from .config import RECIPES, Config, field_kind, flag_name
 from .errors import TrainingInterrupted, VaelabError
 
 log = logging.getLogger("vaelab")
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true",
                        help="replace a run already in --out (never done silently)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--recipe", choices=tuple(RECIPES),
+                       help="a named preset; flags you give override it. seed: the seed's "
+                            "settings; fast: " + ", ".join(f"{k} {v}" for k, v in
+                                                          RECIPES["fast"].items()))
     add_config_flags(train)
     train.set_defaults(handler=run_train)
     add_figure_commands(commands)
@@ -187,11 +191,14 @@ def run_train(args: argparse.Namespace) -> int:
     progress = False if args.quiet else None
     print_row = _row_printer()
     if args.resume:
+        if args.recipe:
+            raise VaelabError("a resumed run keeps its settings; --recipe is for new runs")
         for row in read_metrics(args.resume):  # the epochs already done, for context
             print_row(row)
         run_dir = resume(args.resume, progress=progress, on_epoch_end=print_row, **changes)
     else:
-        run_dir = train(Config(**changes), args.out, force=args.force, progress=progress,
+        config = Config(**{**RECIPES[args.recipe or "seed"], **changes})
+        run_dir = train(config, args.out, force=args.force, progress=progress,
                         on_epoch_end=print_row)
     print(f"run saved in {run_dir}")
     print(f"report: {write_report(run_dir)}")

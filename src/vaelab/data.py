@@ -188,7 +188,9 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, image_path: Path, label_
 def fetch(dataset: str, root: Path, names: list[str], timeout: float = 30.0) -> None:
     """Download the named files into ROOT/<Folder>/raw, MD5-checked, each moved into place
     only once complete and verified (a failed download leaves nothing under the final name)."""
-    from torchvision import datasets  # only downloads need torchvision's mirrors and sums
+    from torchvision import (
+        datasets,  # only downloads need torchvision's mirrors and sums
+    )
 
     source = getattr(datasets, FOLDERS[dataset])
     md5s = {file.removesuffix(".gz"): md5 for file, md5 in source.resources}

@@ -15,8 +15,13 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_open
 from .data import load_split, to_float
 from .errors import VaelabError
-from .losses import (ELBOTerms, bernoulli_nll, elbo_terms, iwae_bound, kl_standard_normal,
-                     log_importance_weights)
+from .losses import (
+    ELBOTerms,
+    bernoulli_nll,
+    elbo_terms,
+    kl_standard_normal,
+    log_importance_weights,
+)
 from .model import VAE
 
 EVAL_BATCH = 1000  # larger than training batches: evaluation has no gradients to hold

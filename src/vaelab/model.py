@@ -57,11 +57,13 @@ class VAE(nn.Module):
         self.encoder = Encoder(latent_dim)
         self.decoder = Decoder(latent_dim)
 
+    # Outputs are float32 even under bf16 autocast: the sampling and the loss need the precision.
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(x)
+        mu, logvar = self.encoder(x)
+        return mu.float(), logvar.float()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+        return self.decoder(z).float()
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,

@@ -35,7 +35,7 @@ LOCK = ".lock"
 # averaged over batches (what the seed's table shows).
 METRIC_COLUMNS = (
     "epoch", "step", "train_loss", "val_loss", "train_recon", "train_kl", "val_recon", "val_kl",
-    "train_batch_loss", "val_batch_loss", "beta", "lr", "epoch_seconds",
+    "train_batch_loss", "val_batch_loss", "beta", "lr", "train_seconds", "epoch_seconds",
 )
 
 

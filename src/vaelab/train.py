@@ -8,18 +8,15 @@ for bit. The loop prints nothing but its tqdm bar; each epoch's row goes to `on_
 from __future__ import annotations
 
 import math
-import random
 import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -30,69 +27,24 @@ from .data import TEST_BINARIZATION_SEED, Split, binarize, load_split, to_float
 from .errors import NonFiniteLoss, TrainingInterrupted, VaelabError
 from .evaluate import Totals, evaluate_elbo
 from .losses import ELBOTerms, elbo_terms, iwae_terms
-from .model import VAE
-from .runs import (BEST, FIGURES, LAST, RUN_FILES, check_writable, config_from_checkpoint,
-                   holds_run, load_weights, run_lock, write_config, write_metrics)
+from .runs import (
+    BEST,
+    FIGURES,
+    LAST,
+    RUN_FILES,
+    check_writable,
+    config_from_checkpoint,
+    holds_run,
+    run_lock,
+    write_config,
+    write_metrics,
+)
+from .state import EpochProgress, TrainingState
 
 EpochCallback = Callable[[dict[str, float]], None]
 
 # Fields that only say where data lives or what runs the maths: a resume may change them.
 RESUMABLE_CHANGES = ("epochs", "data_dir", "device")
-
-
-@dataclass
-class TrainingState:
-    """Everything a run changes as it trains; `checkpoint()` captures all of it."""
-
-    config: Config
-    model: VAE
-    optimizer: torch.optim.Optimizer
-    shuffle: torch.Generator   # orders the batches of each epoch (CPU)
-    noise: torch.Generator     # eps of the reparameterization (on the run's device)
-    binarizer: torch.Generator  # dynamic binarization's draws (on the run's device)
-    epoch: int = 0            # completed epochs
-    step: int = 0             # optimizer steps taken
-    best_val_loss: float = math.inf
-    history: list[dict[str, float]] = field(default_factory=list)
-    partial: EpochProgress | None = None  # an epoch stopped part-way
-
-    @classmethod
-    def fresh(cls, config: Config, device: torch.device) -> TrainingState:
-        set_seed(config.seed)
-        model = VAE(config.latent_dim).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        shuffle = torch.Generator().manual_seed(config.seed)
-        noise = torch.Generator(device=device).manual_seed(config.seed + 1)
-        binarizer = torch.Generator(device=device).manual_seed(config.seed + 2)
-        return cls(config, model, optimizer, shuffle, noise, binarizer)
-
-    def checkpoint(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(), "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
-            "best_val_loss": self.best_val_loss, "history": self.history,
-            "partial": self.partial.to_dict() if self.partial else None,
-            "rng": {"python": random.getstate(), "numpy": _numpy_state(),
-                    "torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
-                    "noise": self.noise.get_state(), "binarizer": self.binarizer.get_state()},
-        }
-
-    def restore(self, payload: dict[str, Any], path: Path) -> None:
-        load_weights(self.model, payload, path)
-        self.optimizer.load_state_dict(payload["optimizer"])
-        rng = payload["rng"]
-        random.setstate(rng["python"])
-        _set_numpy_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        self.shuffle.set_state(rng["shuffle"])
-        self.noise.set_state(rng["noise"])
-        self.binarizer.set_state(rng["binarizer"])
-        self.epoch, self.step = payload["epoch"], payload["step"]
-        self.best_val_loss = payload["best_val_loss"]
-        self.history = list(payload["history"])
-        partial = payload.get("partial")
-        device = next(self.model.parameters()).device
-        self.partial = EpochProgress.from_dict(partial, device) if partial else None
 
 
 def train(config: Config, out: str | Path | None = None, *, force: bool = False,
@@ -126,21 +78,29 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
     require_checkpoint(run_dir / LAST)
     with run_lock(run_dir):
         payload = load_checkpoint(run_dir / LAST)
-        refused = sorted(set(changes) - set(RESUMABLE_CHANGES))
-        if refused:
-            raise VaelabError(f"a resumed run keeps its settings; cannot change "
-                              f"{', '.join(refused)} (only {', '.join(RESUMABLE_CHANGES)}); "
-                              "start a new run instead")
-        config = config_from_checkpoint(payload, run_dir).replace(**changes)
-        if config.epochs < payload["epoch"]:
-            raise VaelabError(f"{run_dir} has already trained {payload['epoch']} epochs; "
-                              f"--epochs must be at least that, got {config.epochs}")
+        config = _resumed_config(payload, run_dir, changes)
         device = resolve_device(config.device)
         train_split, val_split = load_data(config)
         state = TrainingState.fresh(config, device)
         state.restore(payload, run_dir / LAST)
         _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
     return run_dir
+
+
+def _resumed_config(payload: dict[str, Any], run_dir: Path, changes: dict[str, Any]) -> Config:
+    refused = sorted(set(changes) - set(RESUMABLE_CHANGES))
+    if refused:
+        raise VaelabError(f"a resumed run keeps its settings; cannot change {', '.join(refused)} "
+                          f"(only {', '.join(RESUMABLE_CHANGES)}); start a new run instead")
+    saved = config_from_checkpoint(payload, run_dir)
+    config = saved.replace(**changes)
+    if config.epochs < payload["epoch"]:
+        raise VaelabError(f"{run_dir} has already trained {payload['epoch']} epochs; "
+                          f"--epochs must be at least that, got {config.epochs}")
+    if config.schedule == "onecycle" and config.epochs != saved.epochs:
+        raise VaelabError(f"{run_dir} follows a one-cycle schedule fitted to its "
+                          f"{saved.epochs} epochs; to train longer, start a new run")
+    return config
 
 
 def load_data(config: Config) -> tuple[Split, Split]:
@@ -168,12 +128,6 @@ def kl_weight(beta: float, warmup_epochs: int, step: int, steps_per_epoch: int) 
     if warmup_epochs == 0:
         return beta
     return beta * min(1.0, step / (warmup_epochs * steps_per_epoch))
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds every CUDA device too
 
 
 def _make_run_dir(run_dir: Path) -> None:
@@ -214,28 +168,6 @@ class _StopSignals:
             signal.signal(signum, handler)
 
 
-@dataclass
-class EpochProgress:
-    """How far the current epoch got: saved in last.pt when training stops mid-epoch."""
-
-    order: torch.Tensor  # this epoch's permutation of the training images
-    totals: Totals
-    next_batch: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"order": self.order.cpu(), "sums": self.totals.sums.cpu(),
-                "images": self.totals.images, "next_batch": self.next_batch,
-                "seconds": self.seconds}
-
-    @classmethod
-    def from_dict(cls, saved: dict[str, Any], device: torch.device) -> EpochProgress:
-        totals = Totals(device)
-        totals.sums.copy_(saved["sums"])
-        totals.images = saved["images"]
-        return cls(saved["order"].to(device), totals, saved["next_batch"], saved["seconds"])
-
-
 def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Path,
          progress: bool | None, on_epoch_end: EpochCallback | None) -> None:
     config = state.config
@@ -243,6 +175,7 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     train_images = training_images(config, train_split).to(device)
     val_images = validation_images(config, val_split).to(device)
     show = sys.stderr.isatty() if progress is None else progress
+    state.steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
     check_writable(run_dir, 2 * _checkpoint_bytes(state, len(train_images)))
     write_config(run_dir, config)
     write_metrics(run_dir, state.history)  # matches last.pt even after a SIGKILL
@@ -253,12 +186,13 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
                 save_checkpoint(run_dir / LAST, state.checkpoint(), __version__)
                 raise _interrupted(stop.signum, run_dir, epoch, state.partial.next_batch)
             train_totals, started = result
+            train_seconds = time.perf_counter() - started
             val_totals = evaluate_elbo(state.model, val_images, seed=config.seed)
             row = {"epoch": epoch, "step": state.step,
                    **train_totals.means("train", config.batch_size),
                    **val_totals.means("val", config.batch_size),
-                   "beta": _kl_weight_now(state, len(train_images)),
-                   "lr": state.optimizer.param_groups[0]["lr"],
+                   "beta": _kl_weight_now(state),
+                   "lr": state.optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
                    "epoch_seconds": time.perf_counter() - started}
             _end_epoch(state, row, run_dir)
             if on_epoch_end:
@@ -286,7 +220,7 @@ def _train_epoch(state: TrainingState, images: torch.Tensor, epoch: int, show: b
             x = to_float(images[progress.order[batch * size:(batch + 1) * size]])
             if state.config.binarize == "dynamic":
                 x = torch.bernoulli(x, generator=state.binarizer)
-            terms = _step(state, x, epoch, batch, _kl_weight_now(state, len(images)))
+            terms = _step(state, x, epoch, batch, _kl_weight_now(state))
             progress.totals.add(terms)
             bar.update()
             if show and state.step % 50 == 0:
@@ -298,22 +232,41 @@ def _train_epoch(state: TrainingState, images: torch.Tensor, epoch: int, show: b
     return progress.totals, started
 
 
-def _kl_weight_now(state: TrainingState, train_images: int) -> float:
-    steps_per_epoch = math.ceil(train_images / state.config.batch_size)
-    return kl_weight(state.config.beta, state.config.kl_warmup, state.step, steps_per_epoch)
+def _kl_weight_now(state: TrainingState) -> float:
+    config = state.config
+    return kl_weight(config.beta, config.kl_warmup, state.step, state.steps_per_epoch)
+
+
+def learning_rate(config: Config, step: int, total_steps: int) -> float:
+    """The constant lr, or one-cycle: a cosine rise from lr/25 to lr over the first 30% of
+    the steps, then a cosine decay to lr/10^4 at the last step (Smith & Topin 2019)."""
+    if config.schedule == "constant":
+        return config.lr
+    warmup = 0.3 * total_steps
+    if step < warmup:
+        low, high, t = config.lr / 25, config.lr, step / warmup
+    else:
+        low, high, t = config.lr, config.lr / 1e4, (step - warmup) / max(total_steps - warmup, 1)
+    return high + (low - high) * (1 + math.cos(math.pi * min(t, 1.0))) / 2
 
 
 def _step(state: TrainingState, x: torch.Tensor, epoch: int, batch: int,
           beta: float) -> ELBOTerms:
     """One Adam step on the batch's mean objective; refuses to apply a non-finite update."""
-    config, model, optimizer = state.config, state.model, state.optimizer
+    config, model, optimizer = state.config, state.network, state.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(config, state.step, config.epochs * state.steps_per_epoch)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=state.bf16):
+        if config.iw_train == 1:
+            logits, mu, logvar = model(x, state.noise)
+        else:
+            mu, logvar = state.model.encode(x)
+            z = state.model.sample_latents(mu, logvar, config.iw_train, state.noise)
+            logits = state.model.decode_latents(z)
     if config.iw_train == 1:
-        logits, mu, logvar = model(x, state.noise)
         terms = elbo_terms(logits, x, mu, logvar, beta)
     else:
-        mu, logvar = model.encode(x)
-        z = model.sample_latents(mu, logvar, config.iw_train, state.noise)
-        terms = iwae_terms(model.decode_latents(z), x, z, mu, logvar, beta)
+        terms = iwae_terms(logits, x, z, mu, logvar, beta)
     objective = terms.objective.mean()
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
@@ -354,13 +307,3 @@ def _end_epoch(state: TrainingState, row: dict[str, float], run_dir: Path) -> No
         save_checkpoint(run_dir / BEST, payload, __version__)
     save_checkpoint(run_dir / LAST, payload, __version__)
     write_metrics(run_dir, state.history)
-
-
-def _numpy_state() -> tuple:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss
-
-
-def _set_numpy_state(saved: tuple) -> None:
-    name, keys, pos, has_gauss, gauss = saved
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

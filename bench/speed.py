@@ -1,0 +1,182 @@
+"""Training speed, side by side on one machine: a seed-style loop, vaelab's defaults, its
+`fast` recipe. Each row trains until the validation loss reaches the seed's final figure
+(103.04 nats per image = 6563.28 in the seed's per-batch convention) and reports throughput,
+seconds per epoch, peak memory and the time to that target. Each row runs in its own process,
+so its peak memory is its own. Prints a Markdown table.
+
+    VAELAB_DATA_DIR=../shared/data python bench/speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TARGET = 103.04  # the seed's epoch-10 validation loss, in nats per image
+ROWS = {
+    "a": "(a) seed-style loop: torchvision MNIST + DataLoader + ToTensor, sigmoid + BCE",
+    "b": "(b) vaelab, seed defaults",
+    "c": "(c) vaelab --recipe fast",
+}
+
+
+class ReachedTarget(Exception):
+    pass
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def seed_style_loop(data_dir: Path, max_epochs: int) -> dict:
+    """What the seed's notebook does, with vaelab's model so only the loop differs."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from vaelab import VAE
+    from vaelab.losses import kl_standard_normal
+
+    root = Path(tempfile.mkdtemp())  # torchvision extracts beside the files: use a copy
+    shutil.copytree(data_dir / "MNIST" / "raw", root / "MNIST" / "raw")
+    train_set = datasets.MNIST(root, train=True, download=True, transform=transforms.ToTensor())
+    test_set = datasets.MNIST(root, train=False, download=True, transform=transforms.ToTensor())
+    train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=64)
+    torch.manual_seed(0)
+    model = VAE(20)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def loss_sum(x):
+        logits, mu, logvar = model(x)
+        recon = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="sum")
+        return recon + kl_standard_normal(mu, logvar).sum()
+
+    epochs, started = [], time.perf_counter()
+    for epoch in range(1, max_epochs + 1):
+        tick = time.perf_counter()
+        model.train()
+        for x, _ in train_loader:
+            optimizer.zero_grad()
+            loss_sum(x).backward()
+            optimizer.step()
+        train_seconds, tick = time.perf_counter() - tick, time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            val_loss = sum(loss_sum(x).item() for x, _ in test_loader) / len(test_set)
+        epochs.append({"train_seconds": train_seconds, "eval_seconds": time.perf_counter() - tick,
+                       "val_loss": val_loss, "elapsed": time.perf_counter() - started})
+        if val_loss <= TARGET:
+            break
+    return {"epochs": epochs, "train_images": len(train_set), "val_images": len(test_set)}
+
+
+def vaelab_run(recipe: str, max_epochs: int) -> dict:
+    """vaelab's own loop, stopped at the first epoch whose validation loss reaches TARGET."""
+    import vaelab
+    from vaelab.config import RECIPES
+
+    settings = RECIPES[recipe]
+    config = vaelab.Config(**{**settings, "epochs": settings.get("epochs", max_epochs)})
+    epochs, started = [], time.perf_counter()
+
+    def record(row):
+        epochs.append({"train_seconds": row["train_seconds"],
+                       "eval_seconds": row["epoch_seconds"] - row["train_seconds"],
+                       "val_loss": row["val_loss"], "elapsed": time.perf_counter() - started})
+        if row["val_loss"] <= TARGET:
+            raise ReachedTarget
+
+    run = Path(tempfile.mkdtemp()) / "run"
+    try:
+        vaelab.train(config, run, progress=False, on_epoch_end=record)
+    except ReachedTarget:
+        pass
+    return {"epochs": epochs, "iw_rate": iw_throughput(vaelab.load_run(run, "last").model),
+            "train_images": 60_000, "val_images": 10_000}
+
+
+def iw_throughput(model) -> float:
+    """Importance-weighted evaluation: images x samples per second (200 images, K = 500)."""
+    from vaelab.data import load_split
+    from vaelab.evaluate import log_likelihood_iw
+
+    images = load_split("mnist", "val", limit=200).images
+    tick = time.perf_counter()
+    log_likelihood_iw(model, images, samples=500)
+    return 200 * 500 / (time.perf_counter() - tick)
+
+
+def run_row(row: str, max_epochs: int) -> dict:
+    data_dir = Path(os.environ.get("VAELAB_DATA_DIR", "data"))
+    result = seed_style_loop(data_dir, max_epochs) if row == "a" else \
+        vaelab_run("seed" if row == "b" else "fast", max_epochs)
+    return {**result, "peak_mb": peak_memory_mb()}
+
+
+def summarize(row: str, result: dict) -> dict:
+    epochs = result["epochs"]
+    train_seconds = sum(e["train_seconds"] for e in epochs)
+    eval_seconds = sum(e["eval_seconds"] for e in epochs)
+    eval_rate = result["val_images"] * len(epochs) / eval_seconds
+    per_epoch = (train_seconds + eval_seconds) / len(epochs)
+    reached = next((e for e in epochs if e["val_loss"] <= TARGET), None)
+    return {"train_rate": result["train_images"] * len(epochs) / train_seconds,
+            "eval_rate": eval_rate, "per_epoch": per_epoch, "peak_mb": result["peak_mb"],
+            "iw_rate": result.get("iw_rate"), "final": epochs[-1]["val_loss"],
+            "epochs": len(epochs), "to_target": reached["elapsed"] if reached else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="abc", help="which rows to run (default: abc)")
+    parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
+    args = parser.parse_args()
+    if args.row:
+        print(json.dumps(run_row(args.row, args.max_epochs)))
+        return
+
+    results = {}
+    for row in args.rows:
+        done = subprocess.run([sys.executable, __file__, "--row", row, "--max-epochs",
+                               str(args.max_epochs)], capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"row {row} failed:\n{done.stderr}")
+        results[row] = summarize(row, json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"{ROWS[row]}: {results[row]}", file=sys.stderr, flush=True)
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    base = results.get("a")
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only. "
+          f"Target: val_loss <= {TARGET} nats per image.\n")
+    header = ["run", "train img/s", "eval img/s", "s/epoch", "peak RSS (MB)",
+              "IW eval (img x samples/s)", "epochs run", "time to target (s)", "vs (a)"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row, r in results.items():
+        ratio = lambda key: f" ({r[key] / base[key]:.2f}x)" if base and row != "a" else ""
+        to_target = f"{r['to_target']:.0f}" if r["to_target"] else f"not reached ({r['final']:.2f})"
+        speedup = f"{base['to_target'] / r['to_target']:.2f}x sooner" \
+            if base and base["to_target"] and r["to_target"] and row != "a" else ""
+        iw = f"{r['iw_rate']:,.0f}" if r["iw_rate"] else "—"
+        print(f"| {ROWS[row]} | {r['train_rate']:,.0f}{ratio('train_rate')} | "
+              f"{r['eval_rate']:,.0f}{ratio('eval_rate')} | {r['per_epoch']:.1f} | "
+              f"{r['peak_mb']:.0f} | {iw} | {r['epochs']} | {to_target} | {speedup} |")
+
+
+if __name__ == "__main__":
+    main()
