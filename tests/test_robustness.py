@@ -13,6 +13,8 @@ from vaelab import load_run, resume, train
 from vaelab.checkpoint import load_checkpoint
 from vaelab.errors import CheckpointError, NonFiniteLoss, VaelabError
 
+from test_train import without_timings
+
 
 def start_training(run, config, *extra):
     """`vaelab train` in its own process, with the same settings as `config`."""
@@ -38,8 +40,8 @@ def epochs_logged(run):
 
 def assert_same_run(a, b):
     ra, rb = load_run(a, "last"), load_run(b, "last")
-    drop = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
-    assert drop(ra.metrics) == drop(rb.metrics) and len(ra.metrics) == ra.config.epochs
+    assert without_timings(ra.metrics) == without_timings(rb.metrics)
+    assert len(ra.metrics) == ra.config.epochs
     for (name, x), y in zip(ra.model.state_dict().items(), rb.model.state_dict().values()):
         assert torch.equal(x, y), name
 

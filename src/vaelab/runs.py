@@ -63,7 +63,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     target = resolve_device(device or config.device)
     model = VAE(config.latent_dim)
     load_weights(model, payload, path)
-    model.to(target).eval()
+    model.to(target, memory_format=config.torch_memory_format).eval()
     return Run(path, config, model, payload["epoch"], read_metrics(path), target)
 
 
