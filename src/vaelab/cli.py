@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=run_evaluate)
+    explore = commands.add_parser(
+        "explore", help="a web app to explore the latent space (needs vaelab[app])",
+        description="Serve a Gradio app: latent sliders, interpolation, encode your own "
+                    "digit, the latent map. Needs: pip install 'vaelab[app]'.")
+    _add_run_arguments(explore, out_help=argparse.SUPPRESS)
+    explore.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    explore.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    explore.set_defaults(handler=run_explore)
     report = commands.add_parser("report", help="write RUN/report.html with every figure")
     _add_run_arguments(report, out_help="folder for the figures (default RUN/figures)")
     report.set_defaults(handler=run_report)
@@ -172,6 +180,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if "pixel_entropy" in result:
         print(f"{'grayscale floor':22}  {result['pixel_entropy']:>10.2f}  (pixel entropy)")
     print(f"written to {path}")
+    return 0
+
+
+def run_explore(args: argparse.Namespace) -> int:
+    from .app import launch
+    from .explore import Explorer
+    from .report import validation_split
+    from .runs import load_run
+
+    run = load_run(args.run, args.checkpoint, args.device)
+    print(f"serving {run.path} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    launch(Explorer(run, validation_split(run, args.data_dir)), args.host, args.port)
     return 0
 
 

@@ -52,12 +52,18 @@ def sample_prior(model: VAE, n: int, temperature: float = 1.0, seed: int = 0) ->
 
 def interpolation_path(a: torch.Tensor, b: torch.Tensor, steps: int,
                        spherical: bool = False) -> torch.Tensor:
-    """`steps` points from a to b (D,) -> (steps, D), both ends exact.
+    """`steps` evenly spaced points from a to b (D,) -> (steps, D), both ends exact."""
+    return interpolate_at(a, b, torch.linspace(0, 1, steps, dtype=a.dtype), spherical)
+
+
+def interpolate_at(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor | float,
+                   spherical: bool = False) -> torch.Tensor:
+    """Points at positions t in [0, 1] between a and b (D,) -> (len(t), D).
 
     Linear: (1 - t) a + t b. Spherical (slerp): sin((1 - t) w)/sin w a + sin(t w)/sin w b,
     with w the angle between a and b; it keeps the norm typical of Gaussian samples.
     """
-    t = torch.linspace(0, 1, steps, dtype=a.dtype).unsqueeze(1)
+    t = torch.as_tensor(t, dtype=a.dtype).reshape(-1, 1)
     omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1, 1))
     if not spherical or omega.abs() < 1e-4:  # nearly parallel: slerp is linear there
         return (1 - t) * a + t * b

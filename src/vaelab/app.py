@@ -1,0 +1,183 @@
+"""`vaelab explore RUN`: a Gradio app wired to explore.Explorer (pip install 'vaelab[app]').
+
+Everything it shows is computed by explore.py; this file only lays out widgets and events.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from .errors import VaelabError
+from .explore import Explorer, read_picture
+
+STEP = 0.05  # slider resolution, in standard deviations
+RANGE = 4.0  # sliders span +-4 standard deviations around the validation codes' mean
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from offline labs
+    try:
+        import gradio
+    except ImportError:
+        raise VaelabError("vaelab explore needs Gradio: pip install 'vaelab[app]'") from None
+    return gradio
+
+
+def build(explorer: Explorer) -> Any:
+    """The app: latent sliders, interpolation, encode-your-own and the latent map."""
+    gr = _gradio()
+    start = explorer.code(0)
+    with gr.Blocks(title="vaelab explorer", analytics_enabled=False) as app:
+        gr.Markdown("## vaelab: explore the latent space\nSliders move z along the principal "
+                    "directions of the validation set's posterior means (in standard "
+                    "deviations); the decoder draws the result.")
+        with gr.Tab("Latent sliders"):
+            _slider_tab(gr, explorer, start)
+        with gr.Tab("Interpolation"):
+            _interpolation_tab(gr, explorer)
+        with gr.Tab("Encode your own"):
+            _encode_tab(gr, explorer)
+        with gr.Tab("Latent map"):
+            gr.Image(explorer.map.image, label="validation codes", format="png",
+                     interactive=False, elem_id="full-map")
+    return app
+
+
+def _slider_tab(gr, explorer: Explorer, start) -> None:
+    with gr.Row():
+        with gr.Column():
+            index = gr.Number(0, precision=0, label="start from validation image (index)",
+                              elem_id="base-index")
+            reset = gr.Button("Reset the sliders to this image", elem_id="reset")
+            sliders = [gr.Slider(-RANGE, RANGE, value=_clip(value), step=STEP,
+                                 label=f"direction {i + 1} (σ)", elem_id=f"slider-{i + 1}")
+                       for i, value in enumerate(explorer.to_sliders(start))]
+        with gr.Column():
+            decoded = gr.Image(explorer.decode(start), label="decoded", format="png",
+                               interactive=False, elem_id="slider-image")
+            where = gr.Image(explorer.map.marked(explorer.project(start[None])[0]),
+                             label="where z lies", format="png", interactive=False)
+
+    def show(base_index, *values):
+        z = explorer.from_sliders(list(values), explorer.code(int(base_index)))
+        return explorer.decode(z), explorer.map.marked(explorer.project(z[None])[0])
+
+    def to_image(base_index):
+        values = [_clip(v) for v in explorer.to_sliders(explorer.code(int(base_index)))]
+        return values + list(show(base_index, *values))
+
+    show, to_image = _friendly(gr, show), _friendly(gr, to_image)
+    for slider in sliders:
+        slider.change(show, [index, *sliders], [decoded, where], show_progress="hidden",
+                      trigger_mode="always_last")
+    for event in (reset.click, index.submit):
+        event(to_image, [index], [*sliders, decoded, where], show_progress="hidden")
+
+
+def _interpolation_tab(gr, explorer: Explorer) -> None:
+    with gr.Row():
+        source = gr.Dropdown(list(range(10)), value=6, label="from digit", elem_id="from-digit")
+        target = gr.Dropdown(list(range(10)), value=8, label="to digit", elem_id="to-digit")
+        first = gr.Number(explorer.first_of_class(6), precision=0, label="from image (index)")
+        second = gr.Number(explorer.first_of_class(8), precision=0, label="to image (index)")
+    with gr.Row():
+        position = gr.Slider(0, 1, value=0.5, step=0.01, label="position", elem_id="interp-t")
+        steps = gr.Slider(2, 20, value=10, step=1, label="steps in the strip")
+        spherical = gr.Checkbox(False, label="spherical (slerp)")
+    point, strip = explorer.interpolate(int(first.value), int(second.value), 0.5, 10, False)
+    with gr.Row():
+        shown = gr.Image(point, label="decoded point", format="png", interactive=False,
+                         elem_id="interp-point", scale=1)
+        whole = gr.Image(strip, label="the whole path", format="png", interactive=False,
+                         elem_id="interp-strip", scale=4)
+
+    def draw(i, j, t, n, slerp):
+        return explorer.interpolate(int(i), int(j), float(t), int(n), bool(slerp))
+
+    draw = _friendly(gr, draw)
+    inputs = [first, second, position, steps, spherical]
+    for control in (position, steps, spherical):
+        control.change(draw, inputs, [shown, whole], show_progress="hidden",
+                       trigger_mode="always_last")
+    for picker, index in ((source, first), (target, second)):
+        picker.change(_friendly(gr, lambda digit: explorer.first_of_class(int(digit))),
+                      [picker], [index])
+    for index in (first, second):
+        index.change(draw, inputs, [shown, whole], show_progress="hidden")
+
+
+def _encode_tab(gr, explorer: Explorer) -> None:
+    with gr.Row():
+        sketch = gr.Sketchpad(type="numpy", label="draw a digit (pick the brush)",
+                              canvas_size=(280, 280), layers=False, elem_id="sketch",
+                              brush=gr.Brush(default_size=18, colors=["#000000"],
+                                             color_mode="fixed"))
+        # A file, not an image widget: a non-image upload then reaches read_picture, which
+        # explains the problem, instead of failing inside Gradio.
+        upload = gr.File(label="or upload a picture (PNG, JPEG, ...)", file_types=["image"],
+                         type="filepath", elem_id="upload")
+    encode = gr.Button("Encode the drawing", elem_id="encode-drawing")
+    status = gr.Markdown("", elem_id="encode-status")
+    with gr.Row():
+        prepared = gr.Image(label="as MNIST (28x28)", format="png", interactive=False)
+        rebuilt = gr.Image(label="reconstruction", format="png", interactive=False,
+                           elem_id="encoded-reconstruction")
+        where = gr.Image(label="on the map", format="png", interactive=False)
+    neighbours = gr.Image(label="nearest validation images in latent space", format="png",
+                          interactive=False)
+    outputs = [status, prepared, rebuilt, neighbours, where]
+
+    def run(image):
+        try:
+            if isinstance(image, dict):  # the sketchpad's layers: use what is shown
+                image = image.get("composite")
+            elif isinstance(image, str):  # an uploaded file's path
+                image = read_picture(image)
+            result = explorer.encode_image(image)
+        except VaelabError as err:
+            return [f"**Could not encode:** {err}", None, None, None, None]
+        labels = ", ".join(map(str, result["neighbour_labels"]))
+        return [f"Encoded. Nearest validation digits: {labels}.", result["input"],
+                result["reconstruction"], result["neighbours"], result["map"]]
+
+    encode.click(run, [sketch], outputs)
+    # The file widget is emptied again so that the next picture can be uploaded straight away.
+    upload.upload(lambda path: [*run(path), None], [upload], [*outputs, upload])
+
+
+def _friendly(gr, handler):
+    """A user's mistake (an index out of range) becomes a message in the page, not a crash."""
+    def wrapped(*args):
+        try:
+            return handler(*args)
+        except VaelabError as err:
+            raise gr.Error(str(err)) from None
+    return wrapped
+
+
+def _clip(value: float) -> float:
+    return max(-RANGE, min(RANGE, round(round(value / STEP) * STEP, 2)))
+
+
+def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860,
+           block: bool = True) -> Any:
+    """Serve the app; with block=False return it running (call .close() to stop it)."""
+    gr = _gradio()
+    if not port_free(host, port):
+        raise VaelabError(f"port {port} on {host} is in use; choose another with --port")
+    app = build(explorer)
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True,
+               max_file_size=f"{50}mb", theme=gr.themes.Soft())
+    return app

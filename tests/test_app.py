@@ -1,0 +1,102 @@
+"""`vaelab explore`: the Gradio app on 127.0.0.1, driven in headless Chromium."""
+
+import socket
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaelab import load_run
+from vaelab.app import launch, port_free
+from vaelab.cli import main
+from vaelab.data import load_split
+from vaelab.explore import Explorer
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(trained_run, data_dir):
+    run = load_run(trained_run)
+    port = free_port()
+    app = launch(Explorer(run, load_split("mnist", "val", data_dir)), port=port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+    assert port_free("127.0.0.1", port)  # the server is really gone
+
+
+def image_src(page, selector):
+    found = page.locator(f"{selector} img")
+    return found.first.get_attribute("src") if found.count() else None
+
+
+def changed(page, selector, before, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = image_src(page, selector)
+        if now and now != before:
+            return now
+        time.sleep(0.1)
+    raise AssertionError(f"{selector} did not change")
+
+
+def set_number(page, selector, value):
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_the_app_in_a_real_browser(served, browser, data_dir, tmp_path):
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(served)
+    page.wait_for_selector("#slider-image img", timeout=60_000)
+
+    before = image_src(page, "#slider-image")
+    set_number(page, "#slider-1", 3)
+    after = changed(page, "#slider-image", before)
+    set_number(page, "#slider-2", -2.5)
+    changed(page, "#slider-image", after)
+
+    page.get_by_role("tab", name="Interpolation").click()
+    page.wait_for_selector("#interp-point img")
+    before = image_src(page, "#interp-point")
+    set_number(page, "#interp-t", 0.9)
+    changed(page, "#interp-point", before)
+
+    page.get_by_role("tab", name="Encode your own").click()
+    digit = load_split("mnist", "val", data_dir, limit=1).images[0, 0].numpy()
+    Image.fromarray(np.kron(255 - digit, np.ones((8, 8), dtype=np.uint8))).save(tmp_path / "d.png")
+    page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "d.png"))
+    changed(page, "#encoded-reconstruction", None)
+    assert "Nearest validation digits" in page.locator("#encode-status").inner_text()
+
+    (tmp_path / "bad.png").write_text("not a picture")
+    page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "bad.png"))
+    page.wait_for_function("document.querySelector('#encode-status').innerText"
+                           ".includes('not a picture')", timeout=30_000)
+    page.get_by_role("tab", name="Latent sliders").click()  # still serving after the error
+    before = image_src(page, "#slider-image")
+    set_number(page, "#slider-1", -3)
+    changed(page, "#slider-image", before)
+    page.close()
+
+
+def test_a_port_in_use_is_a_one_line_error(capsys, trained_run):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = main(["explore", str(trained_run), "--port", str(busy.getsockname()[1])])
+    err = capsys.readouterr().err
+    assert code == 1 and "is in use" in err and "--port" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_without_checkpoint_is_a_one_line_error(capsys, tmp_path):
+    code = main(["explore", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
