@@ -65,13 +65,18 @@ def test_a_signal_mid_epoch_saves_and_resume_finishes_identically(
     run = tmp_path / "run"
     process = start_training(run, long_config)
     wait_for(lambda: epochs_logged(run) >= 1, process)
+    time.sleep(0.5)  # into epoch 2, which lasts seconds; the boundary case is checked too
     process.send_signal(signum)
     out, err = process.communicate(timeout=120)
     assert process.returncode == code, err
     assert f"Resume with: vaelab train --resume {run}" in err
-    assert err.strip().splitlines()[-1].startswith(f"vaelab: stopped by {signum.name} in epoch 2")
+    last_line = err.strip().splitlines()[-1]
     saved = load_checkpoint(run / "last.pt")
-    assert saved["epoch"] == 1 and saved["partial"]["next_batch"] > 0  # a mid-epoch checkpoint
+    assert saved["epoch"] == 1
+    if last_line.startswith(f"vaelab: stopped by {signum.name} in epoch 2"):
+        assert saved["partial"]["next_batch"] > 0  # a mid-epoch checkpoint
+    else:  # the signal landed between epochs on a slow machine
+        assert last_line.startswith(f"vaelab: stopped by {signum.name} before epoch 2"), last_line
     assert epochs_logged(run) == 1
     resume(run, progress=False)
     assert_same_run(uninterrupted, run)
