@@ -63,16 +63,21 @@ def evaluate_or_reuse(run: Path, samples: int, limit: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/likelihood", help="folder for the runs")
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[100],
+                        help="epochs to train, one for all recipes or one per recipe")
     parser.add_argument("--iw-samples", type=int, default=5000)
     parser.add_argument("--limit", type=int, help="evaluate the first N test images only")
     parser.add_argument("--recipes", nargs="*", choices=list(RECIPES), default=list(RECIPES))
     args = parser.parse_args()
+    if len(args.epochs) not in (1, len(args.recipes)):
+        parser.error("give one --epochs for all recipes or one per recipe")
+    epochs = dict(zip(args.recipes, args.epochs * len(args.recipes) if len(args.epochs) == 1
+                      else args.epochs))
 
     rows = []
     for name in args.recipes:
         run = Path(args.runs) / name.lower().replace(" ", "-").replace("(", "").replace(")", "")
-        config = vaelab.Config(epochs=args.epochs, **COMMON, **RECIPES[name])
+        config = vaelab.Config(epochs=epochs[name], **COMMON, **RECIPES[name])
         train_or_reuse(run, config)
         started = time.perf_counter()
         result = evaluate_or_reuse(run, args.iw_samples, args.limit)

@@ -119,6 +119,19 @@ def iw_throughput(model) -> float:
     return 200 * 500 / (time.perf_counter() - tick)
 
 
+def profile(steps: int = 200) -> None:
+    """Where a training step's time goes at the seed's defaults: torch.profiler's top ops."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    import vaelab
+
+    config = vaelab.Config(epochs=1, limit_train=64 * steps, limit_val=64)
+    with profiler(activities=[ProfilerActivity.CPU]) as prof:
+        vaelab.train(config, Path(tempfile.mkdtemp()) / "run", progress=False)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def run_row(row: str, max_epochs: int) -> dict:
     data_dir = Path(os.environ.get("VAELAB_DATA_DIR", "data"))
     result = seed_style_loop(data_dir, max_epochs) if row == "a" else \
@@ -143,8 +156,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="abc", help="which rows to run (default: abc)")
     parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: profile 200 training steps and print the top ops")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     args = parser.parse_args()
+    if args.profile:
+        return profile()
     if args.row:
         print(json.dumps(run_row(args.row, args.max_epochs)))
         return
@@ -163,7 +180,8 @@ def main() -> None:
 def print_table(results: dict) -> None:
     base = results.get("a")
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only. "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}. "
           f"Target: val_loss <= {TARGET} nats per image.\n")
     header = ["run", "train img/s", "eval img/s", "s/epoch", "peak RSS (MB)",
               "IW eval (img x samples/s)", "epochs run", "time to target (s)", "vs (a)"]

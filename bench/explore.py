@@ -1,0 +1,95 @@
+"""How live the explorer feels: the time from a slider value to the image it shows.
+
+Times, on the run's own device under inference mode, the decode alone and the whole slider
+handler (slider values -> z -> decoded 224x224 image + the marked latent map), then, with
+--screenshot, serves the app and saves a picture of it from headless Chromium (the README's).
+
+    VAELAB_DATA_DIR=../shared/data python bench/explore.py runs/seed-defaults \
+        --screenshot docs/figures/explore.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from vaelab.explore import Explorer
+from vaelab.report import validation_split
+from vaelab.runs import load_run
+
+
+def milliseconds(action, repeats: int) -> tuple[float, float]:
+    """Median and 95th percentile of `repeats` timed calls, after a warm-up."""
+    for _ in range(5):
+        action()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), statistics.quantiles(times, n=20)[-1]
+
+
+def screenshot(explorer: Explorer, path: str, browser_path: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from vaelab.app import launch
+
+    app = launch(explorer, port=7861, block=False)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path)
+            page = browser.new_page(viewport={"width": 1100, "height": 1000})
+            page.goto("http://127.0.0.1:7861")
+            page.locator("#slider-image img").wait_for()
+            slider = page.locator("#slider-1 input[type=number]")
+            slider.fill("2.5")  # move one direction, as a user would, before the picture
+            slider.press("Enter")
+            time.sleep(2)
+            page.screenshot(path=path, full_page=True)
+            browser.close()
+    finally:
+        app.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a run directory")
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--screenshot", metavar="PNG", help="also save a picture of the app")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+
+    run = load_run(args.run)
+    started = time.perf_counter()
+    explorer = Explorer(run, validation_split(run))
+    setup = time.perf_counter() - started
+    base = explorer.code(0)
+    values = explorer.to_sliders(base)
+    moved = [values[0] + 1.0, *values[1:]]
+
+    def slider_handler():
+        z = explorer.from_sliders(moved, base)
+        explorer.decode(z)
+        explorer.map.marked(explorer.project(z[None])[0])
+
+    print(f"{args.run}: {next(run.model.parameters()).device} ({platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads), explorer set up in {setup:.2f} s\n")
+    print("| step | median (ms) | 95th percentile (ms) |\n|---|---:|---:|")
+    for name, action in (("decode z -> 224x224 image", lambda: explorer.decode(base)),
+                         ("slider handler: z, image, marked map", slider_handler),
+                         ("interpolation: point + 10-step strip",
+                          lambda: explorer.interpolate(0, 1, 0.3, 10, False))):
+        median, p95 = milliseconds(action, args.repeats)
+        print(f"| {name} | {median:.2f} | {p95:.2f} |")
+    if args.screenshot:
+        screenshot(explorer, args.screenshot, args.chromium)
+        print(f"\nscreenshot: {args.screenshot}")
+
+
+if __name__ == "__main__":
+    main()
