@@ -77,7 +77,8 @@ def main() -> None:
         explorer.decode(z)
         explorer.map.marked(explorer.project(z[None])[0])
 
-    print(f"{args.run}: {next(run.model.parameters()).device} ({platform.processor() or platform.machine()}, "
+    device = next(run.model.parameters()).device
+    print(f"{args.run}: {device} ({platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads), explorer set up in {setup:.2f} s\n")
     print("| step | median (ms) | 95th percentile (ms) |\n|---|---:|---:|")
     for name, action in (("decode z -> 224x224 image", lambda: explorer.decode(base)),

@@ -187,7 +187,9 @@ def print_table(results: dict) -> None:
               "IW eval (img x samples/s)", "epochs run", "time to target (s)", "vs (a)"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row, r in results.items():
-        ratio = lambda key: f" ({r[key] / base[key]:.2f}x)" if base and row != "a" else ""
+        def ratio(key: str) -> str:
+            return f" ({r[key] / base[key]:.2f}x)" if base and row != "a" else ""
+
         to_target = f"{r['to_target']:.0f}" if r["to_target"] else f"not reached ({r['final']:.2f})"
         speedup = f"{base['to_target'] / r['to_target']:.2f}x sooner" \
             if base and base["to_target"] and r["to_target"] and row != "a" else ""

@@ -66,7 +66,8 @@ def test_preprocessing_a_drawn_digit(data_dir, explorer):
     rows, cols = np.nonzero(result > 25)
     assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 21  # fits 20x20
     mass = result / result.sum()
-    centre = ((np.indices(result.shape)[0] * mass).sum(), (np.indices(result.shape)[1] * mass).sum())
+    rows, cols = np.indices(result.shape)
+    centre = ((rows * mass).sum(), (cols * mass).sum())
     assert abs(centre[0] - 14) <= 1 and abs(centre[1] - 14) <= 1
     low, high = mnist_range(data_dir)
     assert low <= result.mean() / 255 <= high

@@ -24,5 +24,6 @@ def test_train_writes_the_report_and_prints_its_path(capsys, tiny_config, tmp_pa
     code = main(["train", "--out", str(tmp_path / "run"), "--data-dir", tiny_config.data_dir,
                  "--limit-train", "256", "--limit-val", "128", "--device", "cpu", "--quiet"])
     out = capsys.readouterr().out
-    assert code == 0 and out.strip().splitlines()[-1] == f"report: {tmp_path / 'run' / 'report.html'}"
+    assert code == 0
+    assert out.strip().splitlines()[-1] == f"report: {tmp_path / 'run' / 'report.html'}"
     assert (tmp_path / "run" / "figures" / "samples.png").is_file()

@@ -8,12 +8,11 @@ import time
 
 import pytest
 import torch
+from test_train import without_timings
 
 from vaelab import load_run, resume, train
 from vaelab.checkpoint import load_checkpoint
 from vaelab.errors import CheckpointError, NonFiniteLoss, VaelabError
-
-from test_train import without_timings
 
 
 def start_training(run, config, *extra):
@@ -98,7 +97,8 @@ def test_metrics_are_reconciled_with_the_checkpoint_on_resume(tiny_config, tmp_p
     run = train(tiny_config.replace(epochs=1), tmp_path / "run")
     metrics = (run / "metrics.csv").read_text()
     # As if killed after writing a metrics row whose checkpoint never landed:
-    (run / "metrics.csv").write_text(metrics + metrics.splitlines()[1].replace("1,", "2,", 1) + "\n")
+    extra_row = metrics.splitlines()[1].replace("1,", "2,", 1)
+    (run / "metrics.csv").write_text(metrics + extra_row + "\n")
     resume(run, epochs=1)
     assert (run / "metrics.csv").read_text() == metrics
 
@@ -146,7 +146,8 @@ def test_two_processes_on_one_run_directory(long_config, tmp_path):
     wait_for(lambda: epochs_logged(run) >= 1, first)
     for extra in (["--force"], []):
         second = subprocess.run([sys.executable, "-m", "vaelab", "train", "--quiet",
-                                 *(["--out", str(run)] + extra if extra else ["--resume", str(run)])],
+                                 *(["--out", str(run), *extra] if extra
+                                   else ["--resume", str(run)])],
                                 capture_output=True, text=True)
         assert second.returncode == 1
         assert f"is in use by another vaelab process (pid {first.pid})" in second.stderr

@@ -198,7 +198,8 @@ def run_explore(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(f"report: {write_report(args.run, args.data_dir, args.out, args.checkpoint, args.device)}")
+    path = write_report(args.run, args.data_dir, args.out, args.checkpoint, args.device)
+    print(f"report: {path}")
     return 0
 
 

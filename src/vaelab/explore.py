@@ -50,7 +50,8 @@ class Explorer:
 
     def code(self, index: int) -> torch.Tensor:
         if not 0 <= index < len(self.codes):
-            raise VaelabError(f"image {index} is not in the validation set (0-{len(self.codes) - 1})")
+            raise VaelabError(f"image {index} is not in the validation set "
+                              f"(0-{len(self.codes) - 1})")
         return self.codes[index]
 
     def first_of_class(self, digit: int) -> int:
