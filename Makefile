@@ -19,9 +19,13 @@ $(VENV)/.installed-test: pyproject.toml
 
 # Train at the seed's defaults into $(RUN); if that run exists, continue it (a finished
 # run prints its table again), so an interrupted `make train` resumes where it stopped.
+# A run killed before its first checkpoint has nothing to keep: it starts again (--force).
 train: $(VENV)/.installed-core
 	@if [ -f $(RUN)/last.pt ]; then \
 		echo "resuming $(RUN)"; $(BIN)/vaelab train --resume $(RUN); \
+	elif [ -f $(RUN)/config.json ]; then \
+		echo "$(RUN) has no checkpoint yet: starting it again"; \
+		$(BIN)/vaelab train --out $(RUN) --force; \
 	else \
 		$(BIN)/vaelab train --out $(RUN); \
 	fi

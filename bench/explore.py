@@ -4,8 +4,8 @@ Times, on the run's own device under inference mode, the decode alone and the wh
 handler (slider values -> z -> decoded 224x224 image + the marked latent map), then, with
 --screenshot, serves the app and saves a picture of it from headless Chromium (the README's).
 
-    VAELAB_DATA_DIR=../shared/data python bench/explore.py runs/seed-defaults \
-        --screenshot docs/figures/explore.png
+    VAELAB_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python bench/explore.py \
+        runs/seed-defaults --screenshot docs/figures/explore.png
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
 
-    run = load_run(args.run)
+    run = load_run(args.run, device=None)  # the device the run trained on
     started = time.perf_counter()
     explorer = Explorer(run, validation_split(run))
     setup = time.perf_counter() - started

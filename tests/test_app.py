@@ -53,7 +53,7 @@ def set_number(page, selector, value):
 
 def test_the_app_in_a_real_browser(served, browser, data_dir, tmp_path):
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
-    page.goto(served)
+    page.goto(served, timeout=120_000)  # Gradio's scripts load slowly on a busy CPU
     page.wait_for_selector("#slider-image img", timeout=60_000)
 
     before = image_src(page, "#slider-image")

@@ -111,3 +111,31 @@ def test_read_picture_refuses_files_that_are_not_images(tmp_path):
 def test_index_out_of_range(explorer):
     with pytest.raises(VaelabError, match="not in the validation set"):
         explorer.code(len(explorer.codes))
+
+
+def test_thin_strokes_on_a_large_picture_stay_as_dark_as_mnist(data_dir):
+    photo = np.full((3000, 2000), 255, dtype=np.uint8)
+    photo[500:2500, 990:1002] = 0  # a "1" drawn with a thin pen, 12 of 3000 pixels wide
+    result = preprocess(photo)
+    assert result.max() == 255
+    assert abs(np.nonzero(result)[1].mean() - 14) <= 1
+
+
+def test_read_picture_refuses_a_huge_file_before_decoding_it(tmp_path):
+    Image.new("L", (5000, 4000)).save(tmp_path / "huge.png")
+    with pytest.raises(VaelabError, match="too large"):
+        read_picture(str(tmp_path / "huge.png"))
+
+
+def test_a_one_dimensional_latent_space_gets_one_slider_and_a_flat_map(data_dir):
+    from vaelab import VAE, Config
+    from vaelab.runs import Run
+
+    torch.manual_seed(0)
+    run = Run(path=None, config=Config(latent_dim=1), model=VAE(1).eval(), epoch=0, metrics=[],
+              device=torch.device("cpu"))
+    explorer = Explorer(run, load_split("mnist", "val", data_dir, limit=300))
+    z = explorer.code(5)
+    assert len(explorer.to_sliders(z)) == 1
+    assert explorer.project(z[None]).shape == (1, 2)
+    assert explorer.map.marked(explorer.project(z[None])[0]).ndim == 3

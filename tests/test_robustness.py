@@ -211,3 +211,13 @@ def test_a_real_full_filesystem(tiny_config, tmp_path):
         assert sorted(p.name for p in (mount / "run").iterdir()) == [".lock"]
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # what a SIGKILL in epoch 1 leaves behind
+    with pytest.raises(VaelabError, match="before its first checkpoint; pass --force"):
+        train(tiny_config, run)
+    train(tiny_config, run, force=True)
+    assert (run / "last.pt").is_file()

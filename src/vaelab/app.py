@@ -71,11 +71,11 @@ def _slider_tab(gr, explorer: Explorer, start) -> None:
                              label="where z lies", format="png", interactive=False)
 
     def show(base_index, *values):
-        z = explorer.from_sliders(list(values), explorer.code(int(base_index)))
+        z = explorer.from_sliders(list(values), explorer.code(_whole(base_index)))
         return explorer.decode(z), explorer.map.marked(explorer.project(z[None])[0])
 
     def to_image(base_index):
-        values = [_clip(v) for v in explorer.to_sliders(explorer.code(int(base_index)))]
+        values = [_clip(v) for v in explorer.to_sliders(explorer.code(_whole(base_index)))]
         return values + list(show(base_index, *values))
 
     show, to_image = _friendly(gr, show), _friendly(gr, to_image)
@@ -104,7 +104,7 @@ def _interpolation_tab(gr, explorer: Explorer) -> None:
                          elem_id="interp-strip", scale=4)
 
     def draw(i, j, t, n, slerp):
-        return explorer.interpolate(int(i), int(j), float(t), int(n), bool(slerp))
+        return explorer.interpolate(_whole(i), _whole(j), float(t), int(n), bool(slerp))
 
     draw = _friendly(gr, draw)
     inputs = [first, second, position, steps, spherical]
@@ -112,7 +112,7 @@ def _interpolation_tab(gr, explorer: Explorer) -> None:
         control.change(draw, inputs, [shown, whole], show_progress="hidden",
                        trigger_mode="always_last")
     for picker, index in ((source, first), (target, second)):
-        picker.change(_friendly(gr, lambda digit: explorer.first_of_class(int(digit))),
+        picker.change(_friendly(gr, lambda digit: explorer.first_of_class(_whole(digit))),
                       [picker], [index])
     for index in (first, second):
         index.change(draw, inputs, [shown, whole], show_progress="hidden")
@@ -124,8 +124,8 @@ def _encode_tab(gr, explorer: Explorer) -> None:
                               canvas_size=(280, 280), layers=False, elem_id="sketch",
                               brush=gr.Brush(default_size=18, colors=["#000000"],
                                              color_mode="fixed"))
-        # A file, not an image widget: a non-image upload then reaches read_picture, which
-        # explains the problem, instead of failing inside Gradio.
+        # A file, not an image widget: a file named like a picture that is not one then
+        # reaches read_picture, which explains the problem, instead of failing inside Gradio.
         upload = gr.File(label="or upload a picture (PNG, JPEG, ...)", file_types=["image"],
                          type="filepath", elem_id="upload")
     encode = gr.Button("Encode the drawing", elem_id="encode-drawing")
@@ -167,16 +167,29 @@ def _friendly(gr, handler):
     return wrapped
 
 
+def _whole(value) -> int:
+    """A number box's value as an index; an emptied box is a message, not a TypeError."""
+    if value is None:
+        raise VaelabError("enter an image index (a whole number) or pick a digit")
+    return int(value)
+
+
 def _clip(value: float) -> float:
     return max(-RANGE, min(RANGE, round(round(value / STEP) * STEP, 2)))
+
+
+def check_can_serve(host: str, port: int) -> None:
+    """Gradio installed and the port free: checked before the slow set-up, and again at launch."""
+    _gradio()
+    if not port_free(host, port):
+        raise VaelabError(f"port {port} on {host} is in use; choose another with --port")
 
 
 def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860,
            block: bool = True) -> Any:
     """Serve the app; with block=False return it running (call .close() to stop it)."""
+    check_can_serve(host, port)
     gr = _gradio()
-    if not port_free(host, port):
-        raise VaelabError(f"port {port} on {host} is in use; choose another with --port")
     app = build(explorer)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True,
                max_file_size=f"{50}mb", theme=gr.themes.Soft())

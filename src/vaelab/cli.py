@@ -184,14 +184,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_explore(args: argparse.Namespace) -> int:
-    from .app import launch
+    from .app import check_can_serve, launch
     from .explore import Explorer
     from .report import validation_split
     from .runs import load_run
 
+    check_can_serve(args.host, args.port)
     run = load_run(args.run, args.checkpoint, args.device)
+    explorer = Explorer(run, validation_split(run, args.data_dir))
     print(f"serving {run.path} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    launch(Explorer(run, validation_split(run, args.data_dir)), args.host, args.port)
+    launch(explorer, args.host, args.port)
     return 0
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import generate
 from .data import Split, to_float
@@ -30,9 +30,11 @@ class Explorer:
         self.codes = generate.encode_means(run.model, val.images).double()  # (N, D)
         self.mean = self.codes.mean(0)
         _, singular, vt = torch.linalg.svd(self.codes - self.mean, full_matrices=False)
-        vt = vt * torch.sign(vt[:, :1])  # fixed signs: the same run always gets the same sliders
-        self.directions = vt[:directions]  # (k, D), orthonormal rows
-        self.scales = singular[:directions] / (len(self.codes) - 1) ** 0.5  # std along each
+        sign = torch.where(vt[:, :1] < 0, -1.0, 1.0).to(vt)
+        vt = vt * sign  # fixed signs: the same run always gets the same sliders
+        self.directions = vt[:directions]  # (k, D), orthonormal rows; k = D when D is small
+        # std along each; the floor keeps a direction with no spread (collapsed codes) usable
+        self.scales = (singular[:directions] / (len(self.codes) - 1) ** 0.5).clamp_min(1e-6)
         self.map = LatentMap(self.project(self.codes), val.labels)
 
     # ---- sliders -----------------------------------------------------------------------
@@ -88,8 +90,9 @@ class Explorer:
                 "map": self.map.marked(self.project(z[None])[0])}
 
     def project(self, codes: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, 2): the first two principal coordinates."""
-        return (codes.double() - self.mean) @ self.directions[:2].T
+        """(N, D) -> (N, 2): the first two principal coordinates (the second 0 when D = 1)."""
+        coordinates = (codes.double() - self.mean) @ self.directions[:2].T
+        return torch.nn.functional.pad(coordinates, (0, 2 - coordinates.shape[1]))
 
 
 def enlarge(image: torch.Tensor) -> np.ndarray:
@@ -110,13 +113,15 @@ def read_picture(path: str) -> np.ndarray:
     """An image file -> (H, W, 4) uint8 RGBA; a one-line VaelabError for anything else."""
     try:
         with Image.open(path) as picture:
-            if picture.width * picture.height > MAX_UPLOAD_PIXELS:  # checked before decoding
-                raise VaelabError(f"image of {picture.width}x{picture.height} pixels is too "
-                                  "large; upload one of at most 4096x4096")
-            return np.asarray(picture.convert("RGBA"))
-    except (OSError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
+            size = picture.width, picture.height
+            if size[0] * size[1] <= MAX_UPLOAD_PIXELS:  # checked before decoding
+                # Phone photos store their rotation in EXIF; apply it so the digit stands up.
+                return np.asarray(ImageOps.exif_transpose(picture).convert("RGBA"))
+    except Exception:  # a user's file: Pillow raises OSError, ValueError, EOFError, ...
         raise VaelabError("that file is not a picture this app can read; upload a PNG or "
                           "JPEG of a digit") from None
+    raise VaelabError(f"image of {size[0]}x{size[1]} pixels is too large; upload one of at "
+                      "most 4096x4096")
 
 
 def preprocess(image: np.ndarray | None) -> np.ndarray:
@@ -140,9 +145,13 @@ def preprocess(image: np.ndarray | None) -> np.ndarray:
     box = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     scale = 20 / max(box.shape)
     size = (max(1, round(box.shape[1] * scale)), max(1, round(box.shape[0] * scale)))
-    small = np.asarray(Image.fromarray((box * 255).astype(np.uint8)).resize(
-        size, Image.Resampling.LANCZOS), dtype=np.float64)
-    return _centre_by_mass(small).round().clip(0, 255).astype(np.uint8)
+    # Resized in floating point, then rescaled: thin strokes shrunk from a large picture stay
+    # as dark as MNIST's instead of fading into rounding.
+    small = np.asarray(Image.fromarray(box.astype(np.float32)).resize(
+        size, Image.Resampling.LANCZOS), dtype=np.float64).clip(0, None)
+    if small.max() <= 0:
+        raise VaelabError("the strokes vanish at 28x28; draw or upload a bolder digit")
+    return _centre_by_mass(small * 255 / small.max()).round().clip(0, 255).astype(np.uint8)
 
 
 def _grayscale(image: np.ndarray) -> np.ndarray:

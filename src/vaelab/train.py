@@ -55,6 +55,9 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
     """
     run_dir = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if holds_run(run_dir) and not force:
+        if not (run_dir / LAST).is_file():
+            raise VaelabError(f"{run_dir} holds a run stopped before its first checkpoint; "
+                              "pass --force to start it again, or pick another --out")
         raise VaelabError(f"{run_dir} already holds a run; continue it with `vaelab train "
                           f"--resume {run_dir}`, pick another --out, or pass --force to replace it")
     device = resolve_device(config.device)
