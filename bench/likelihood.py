@@ -1,9 +1,13 @@
 """Test-set log-likelihood under the binarized-MNIST protocol, beside the literature.
 
 Trains (or reuses, or extends) one run per recipe below, evaluates each with the
-importance-weighted estimator, and prints a Markdown table. Example (the README's table):
+importance-weighted estimator, and prints a Markdown table. The README's table, one recipe per
+core side by side, then the table from both (reusing their runs and evaluations):
 
-    python bench/likelihood.py --runs runs/likelihood --epochs 100 --iw-samples 5000 --limit 2000
+    export VAELAB_DATA_DIR=../shared/data OMP_NUM_THREADS=1
+    taskset -c 0 python bench/likelihood.py --epochs 100 --iw-samples 1000 --recipes "VAE (ELBO)" &
+    taskset -c 1 python bench/likelihood.py --epochs 100 --iw-samples 1000 --recipes "IWAE k=5"
+    wait; python bench/likelihood.py --epochs 100 --iw-samples 1000
 
 Re-running reuses finished runs and matching evaluations, so a longer --epochs only trains
 the extra epochs.
@@ -45,7 +49,14 @@ def train_or_reuse(run: Path, config: vaelab.Config) -> None:
     """Train to config.epochs, continuing an existing run of the same recipe if there is one."""
     if not (run / "last.pt").is_file():
         vaelab.train(config, run, force=True)
-    elif load_checkpoint(run / "last.pt")["epoch"] < config.epochs:
+        return
+    saved = load_checkpoint(run / "last.pt")
+    differs = {name for name, value in {**COMMON, "iw_train": config.iw_train}.items()
+               if saved["config"][name] != value}
+    if differs:
+        raise SystemExit(f"{run} was trained with other {', '.join(sorted(differs))}; "
+                         "move it away or pick another --runs folder")
+    if saved["epoch"] < config.epochs:
         vaelab.resume(run, epochs=config.epochs)
 
 
@@ -78,8 +89,8 @@ def main() -> None:
     for name in args.recipes:
         run = Path(args.runs) / name.lower().replace(" ", "-").replace("(", "").replace(")", "")
         config = vaelab.Config(epochs=epochs[name], **COMMON, **RECIPES[name])
-        train_or_reuse(run, config)
         started = time.perf_counter()
+        train_or_reuse(run, config)
         result = evaluate_or_reuse(run, args.iw_samples, args.limit)
         metrics = vaelab.load_run(run).metrics
         train_minutes = sum(row["epoch_seconds"] for row in metrics) / 60
