@@ -46,10 +46,16 @@ def seed_style_loop(data_dir: Path, max_epochs: int) -> dict:
     from torchvision import datasets, transforms
 
     from vaelab import VAE
+    from vaelab.data import find_files
     from vaelab.losses import kl_standard_normal
 
     root = Path(tempfile.mkdtemp())  # torchvision extracts beside the files: use a copy
-    shutil.copytree(data_dir / "MNIST" / "raw", root / "MNIST" / "raw")
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    files = find_files("mnist", data_dir)  # either layout vaelab accepts
+    if None in files.values():
+        sys.exit(f"MNIST files not found under {data_dir}: set VAELAB_DATA_DIR")
+    for path in files.values():
+        shutil.copy(path, root / "MNIST" / "raw" / path.name)
     started = time.perf_counter()  # from here on, as vaelab's rows: reading data included
     train_set = datasets.MNIST(root, train=True, download=True, transform=transforms.ToTensor())
     test_set = datasets.MNIST(root, train=False, download=True, transform=transforms.ToTensor())
