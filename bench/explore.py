@@ -72,17 +72,13 @@ def main() -> None:
     values = explorer.to_sliders(base)
     moved = [values[0] + 1.0, *values[1:]]
 
-    def slider_handler():
-        z = explorer.from_sliders(moved, base)
-        explorer.decode(z)
-        explorer.map.marked(explorer.project(z[None])[0])
-
     device = next(run.model.parameters()).device
     print(f"{args.run}: {device} ({platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads), explorer set up in {setup:.2f} s\n")
     print("| step | median (ms) | 95th percentile (ms) |\n|---|---:|---:|")
     for name, action in (("decode z -> 224x224 image", lambda: explorer.decode(base)),
-                         ("slider handler: z, image, marked map", slider_handler),
+                         ("slider handler: z, image, marked map",
+                          lambda: explorer.at_sliders(moved, base)),
                          ("interpolation: point + 10-step strip",
                           lambda: explorer.interpolate(0, 1, 0.3, 10, False))):
         median, p95 = milliseconds(action, args.repeats)

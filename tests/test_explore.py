@@ -25,6 +25,8 @@ def test_slider_vector_round_trip(explorer):
     assert torch.allclose(explorer.from_sliders(values, z), z, atol=1e-10)
     moved = [v + 0.5 * (i % 3 - 1) for i, v in enumerate(values)]
     assert np.allclose(explorer.to_sliders(explorer.from_sliders(moved, z)), moved, atol=1e-9)
+    image, where = explorer.at_sliders(values, z)  # what the app shows for unmoved sliders
+    assert np.array_equal(image, explorer.decode(z)) and where.ndim == 3
 
 
 def test_slider_scales_are_standard_deviations(explorer):
@@ -113,7 +115,7 @@ def test_index_out_of_range(explorer):
         explorer.code(len(explorer.codes))
 
 
-def test_thin_strokes_on_a_large_picture_stay_as_dark_as_mnist(data_dir):
+def test_thin_strokes_on_a_large_picture_stay_as_dark_as_mnist():
     photo = np.full((3000, 2000), 255, dtype=np.uint8)
     photo[500:2500, 990:1002] = 0  # a "1" drawn with a thin pen, 12 of 3000 pixels wide
     result = preprocess(photo)

@@ -71,8 +71,7 @@ def _slider_tab(gr, explorer: Explorer, start) -> None:
                              label="where z lies", format="png", interactive=False)
 
     def show(base_index, *values):
-        z = explorer.from_sliders(list(values), explorer.code(_whole(base_index)))
-        return explorer.decode(z), explorer.map.marked(explorer.project(z[None])[0])
+        return explorer.at_sliders(list(values), explorer.code(_whole(base_index)))
 
     def to_image(base_index):
         values = [_clip(v) for v in explorer.to_sliders(explorer.code(_whole(base_index)))]
@@ -192,5 +191,5 @@ def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860,
     gr = _gradio()
     app = build(explorer)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True,
-               max_file_size=f"{50}mb", theme=gr.themes.Soft())
+               max_file_size="50mb", theme=gr.themes.Soft())
     return app

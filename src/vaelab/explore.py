@@ -41,14 +41,22 @@ class Explorer:
 
     def to_sliders(self, z: torch.Tensor) -> list[float]:
         """Coordinates of z (D,) along the principal directions, in standard deviations."""
-        return (((z.double() - self.mean) @ self.directions.T) / self.scales).tolist()
+        return self._slider_coordinates(z).tolist()
 
     def from_sliders(self, values: list[float], base: torch.Tensor) -> torch.Tensor:
         """The point whose slider coordinates are `values` and whose other coordinates (those
         outside the principal directions) are base's."""
-        change = (torch.tensor(values, dtype=torch.float64) - torch.tensor(self.to_sliders(base),
-                                                                          dtype=torch.float64))
+        change = torch.tensor(values, dtype=torch.float64) - self._slider_coordinates(base)
         return base.double() + (change * self.scales) @ self.directions
+
+    def at_sliders(self, values: list[float], base: torch.Tensor
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """What a slider move shows: the decoded point and the map marked where it lies."""
+        z = self.from_sliders(values, base)
+        return self.decode(z), self.map.marked(self.project(z[None])[0])
+
+    def _slider_coordinates(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z.double() - self.mean) @ self.directions.T) / self.scales
 
     def code(self, index: int) -> torch.Tensor:
         if not 0 <= index < len(self.codes):
@@ -120,8 +128,7 @@ def read_picture(path: str) -> np.ndarray:
     except Exception:  # a user's file: Pillow raises OSError, ValueError, EOFError, ...
         raise VaelabError("that file is not a picture this app can read; upload a PNG or "
                           "JPEG of a digit") from None
-    raise VaelabError(f"image of {size[0]}x{size[1]} pixels is too large; upload one of at "
-                      "most 4096x4096")
+    raise _too_large(*size)
 
 
 def preprocess(image: np.ndarray | None) -> np.ndarray:
@@ -131,8 +138,7 @@ def preprocess(image: np.ndarray | None) -> np.ndarray:
     if image is None or not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise VaelabError("no image: draw a digit or upload a picture of one")
     if image.shape[0] * image.shape[1] > MAX_UPLOAD_PIXELS:
-        raise VaelabError(f"image of {image.shape[1]}x{image.shape[0]} pixels is too large; "
-                          "upload one of at most 4096x4096")
+        raise _too_large(image.shape[1], image.shape[0])
     gray = _grayscale(image.astype(np.float64) / (255 if image.dtype == np.uint8 else 1))
     background = np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))
     if background > 0.5:  # dark ink on light paper: MNIST's digits are light on dark
@@ -152,6 +158,11 @@ def preprocess(image: np.ndarray | None) -> np.ndarray:
     if small.max() <= 0:
         raise VaelabError("the strokes vanish at 28x28; draw or upload a bolder digit")
     return _centre_by_mass(small * 255 / small.max()).round().clip(0, 255).astype(np.uint8)
+
+
+def _too_large(width: int, height: int) -> VaelabError:
+    return VaelabError(f"image of {width}x{height} pixels is too large; upload one of at most "
+                       "4096x4096")
 
 
 def _grayscale(image: np.ndarray) -> np.ndarray:
