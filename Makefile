@@ -30,7 +30,9 @@ train: $(VENV)/.installed-core
 		$(BIN)/vaelab train --out $(RUN); \
 	fi
 
+# The browser tests need a Chromium: found, installed (Debian's, as root), or a one-line stop.
 test: $(VENV)/.installed-test
+	@scripts/ensure-chromium $(BIN)/python
 	$(BIN)/python -m pytest
 
 test-slow: $(VENV)/.installed-test

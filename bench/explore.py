@@ -17,8 +17,8 @@ import time
 
 import torch
 
+from vaelab.data import validation_split
 from vaelab.explore import Explorer
-from vaelab.report import validation_split
 from vaelab.runs import load_run
 
 
@@ -66,7 +66,7 @@ def main() -> None:
 
     run = load_run(args.run, device=None)  # the device the run trained on
     started = time.perf_counter()
-    explorer = Explorer(run, validation_split(run))
+    explorer = Explorer(run, validation_split(run.config))
     setup = time.perf_counter() - started
     base = explorer.code(0)
     values = explorer.to_sliders(base)

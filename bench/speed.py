@@ -66,7 +66,7 @@ def seed_style_loop(data_dir: Path, max_epochs: int) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def loss_sum(x):
-        logits, mu, logvar = model(x)
+        logits, _, mu, logvar = model(x)
         recon = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="sum")
         return recon + kl_standard_normal(mu, logvar).sum()
 
@@ -92,10 +92,9 @@ def seed_style_loop(data_dir: Path, max_epochs: int) -> dict:
 def vaelab_run(recipe: str, max_epochs: int) -> dict:
     """vaelab's own loop, stopped at the first epoch whose validation loss reaches TARGET."""
     import vaelab
-    from vaelab.config import RECIPES
+    from vaelab.config import RECIPES, from_recipe
 
-    settings = RECIPES[recipe]
-    config = vaelab.Config(**{**settings, "epochs": settings.get("epochs", max_epochs)})
+    config = from_recipe(recipe, epochs=RECIPES[recipe].get("epochs", max_epochs))
     epochs, started = [], time.perf_counter()
 
     def record(row):

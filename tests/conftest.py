@@ -47,15 +47,18 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture(scope="session")
 def browser():
-    """Headless Debian Chromium driven by Playwright (its own browser download cannot work)."""
+    """Headless Chromium driven by Playwright: $VAELAB_CHROMIUM, else Debian's `chromium`,
+    else Playwright's own download (`make test` sets one of them up: scripts/ensure-chromium)."""
     import shutil
 
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Error, sync_playwright
 
     executable = os.environ.get("VAELAB_CHROMIUM") or shutil.which("chromium")
-    if not executable:
-        pytest.fail("Chromium not found: `apt-get install chromium` (or set VAELAB_CHROMIUM)")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        except Error as err:
+            pytest.fail(f"no Chromium to test pages in ({str(err).splitlines()[0]}); run "
+                        "`make test`, which sets one up, or set VAELAB_CHROMIUM", pytrace=False)
         yield chromium
         chromium.close()

@@ -69,8 +69,10 @@ def test_missing_data_offline(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_MIRRORS", "http://127.0.0.1:9/")
     code, _, err = cli(capsys, "train", "--out", str(tmp_path / "run"),
                        "--data-dir", str(tmp_path / "empty"))
-    assert_one_line_error(code, err, "mnist files missing", "--data-dir")
+    assert_one_line_error(code, err, "mnist: train-images-idx3-ubyte[.gz]", "not found",
+                          "--data-dir")
     assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "empty").exists()  # the failed download created nothing there
 
 
 def test_corrupt_data_file(capsys, data_dir, tmp_path):

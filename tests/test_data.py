@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.data import find_files, load_split, read_idx, resolve_data_dir, to_float
+from vaelab.data import SPLIT_FILES, find_files, load_split, read_idx, resolve_data_dir, to_float
 from vaelab.errors import DataError
 
 RAW = "MNIST/raw"
@@ -131,15 +131,26 @@ def test_images_must_be_28_by_28(data_dir, tmp_path):
         load_split("mnist", "val", tmp_path, download=False)
 
 
-def test_missing_files_offline_say_what_where_and_how(tmp_path, monkeypatch):
+@pytest.mark.parametrize("split, names", [
+    ("train", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]),
+    ("val", ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+])
+def test_missing_files_offline_say_what_where_and_how(tmp_path, monkeypatch, split, names):
+    """Only the split's own files are asked for, in one short line, and a failed download
+    creates nothing in the data folder (not even MNIST/raw/)."""
     monkeypatch.setenv("VAELAB_MIRRORS", "http://127.0.0.1:9/")  # nothing listens on port 9
+    data = tmp_path / "data"
+    data.mkdir()
     with pytest.raises(DataError) as caught:
-        load_split("mnist", "train", tmp_path)
+        load_split("mnist", split, data)
     message = str(caught.value)
-    assert "train-images-idx3-ubyte[.gz]" in message and "t10k-labels-idx1-ubyte[.gz]" in message
-    assert str(tmp_path / "MNIST" / "raw") in message and "--data-dir" in message
-    assert "download failed" in message and "VAELAB_DATA_DIR" in message
-    assert not (tmp_path / RAW / "train-images-idx3-ubyte.gz").exists()
+    wanted = [name for names_of_split in SPLIT_FILES.values() for name in names_of_split]
+    for name in wanted:
+        assert (f"{name}[.gz]" in message) == (name in names), name
+    assert f"{data} or its MNIST/raw/" in message and "--data-dir" in message
+    assert "download of" in message and "failed" in message and "VAELAB_DATA_DIR" in message
+    assert len(message) < 400 and "\n" not in message
+    assert list(data.iterdir()) == []
 
 
 def test_find_files_prefers_torchvision_layout(data_dir, tmp_path):

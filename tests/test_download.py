@@ -3,6 +3,7 @@
 import functools
 import http.server
 import shutil
+import tempfile
 import threading
 
 import pytest
@@ -39,9 +40,8 @@ def test_missing_files_are_downloaded_and_checked(mirror, data_dir, tmp_path, mo
     target = tmp_path / "fresh"
     val = load_split("mnist", "val", target)
     raw = target / "MNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir()) == [
-        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert sorted(p.name for p in raw.iterdir()) == [  # the split's own files, nothing else
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     for path in raw.iterdir():
         assert path.read_bytes() == (data_dir / "MNIST" / "raw" / path.name).read_bytes()
     assert len(val) == 10_000
@@ -49,12 +49,17 @@ def test_missing_files_are_downloaded_and_checked(mirror, data_dir, tmp_path, mo
 
 def test_a_corrupt_download_is_refused_and_never_kept(mirror, tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_MIRRORS", f"{mirror}/bad/")
+    staging = tmp_path / "system-tmp"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))  # where downloads are staged
     target = tmp_path / "fresh"
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: MD5 mismatch"):
+    with pytest.raises(DataError, match="download of t10k-labels-idx1-ubyte.gz failed: "
+                                        "127.0.0.1:[0-9]+: MD5 mismatch"):
         load_split("mnist", "val", target)
     raw = target / "MNIST" / "raw"
     assert not (raw / "t10k-labels-idx1-ubyte.gz").exists()
     assert [p.name for p in raw.iterdir() if p.name.startswith(".")] == []  # no temp left
+    assert list(staging.iterdir()) == []
 
 
 def test_a_bad_mirror_falls_through_to_the_next(mirror, tmp_path, monkeypatch):

@@ -9,9 +9,9 @@ from vaelab.model import count_parameters
 def test_shapes(batch):
     model = VAE(latent_dim=20)
     x = torch.rand(batch, 1, 28, 28)
-    logits, mu, logvar = model(x)
+    logits, z, mu, logvar = model(x)
     assert logits.shape == (batch, 1, 28, 28)
-    assert mu.shape == logvar.shape == (batch, 20)
+    assert z.shape == mu.shape == logvar.shape == (batch, 20)
     assert model.decode(torch.zeros(batch, 20)).shape == (batch, 1, 28, 28)
 
 
@@ -21,7 +21,7 @@ def test_parameter_count_matches_the_readme():
 
 def test_every_parameter_gets_a_gradient():
     model = VAE(latent_dim=3)
-    logits, mu, logvar = model(torch.rand(4, 1, 28, 28))
+    logits, _, mu, logvar = model(torch.rand(4, 1, 28, 28))
     (logits.sum() + mu.sum() + logvar.sum()).backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vaelab import Config, train
-from vaelab.config import RECIPES
+from vaelab.config import from_recipe
 from vaelab.runs import read_metrics
 
 SEED_FINAL_VAL_BATCH = 6563.28  # the seed's epoch-10 validation loss, its per-batch convention
@@ -23,6 +23,6 @@ def test_the_seed_defaults_reach_the_seeds_final_validation_loss(data_dir, tmp_p
 
 @pytest.mark.slow
 def test_the_fast_recipe_reaches_it_in_two_epochs(data_dir, tmp_path):
-    config = Config(**{**RECIPES["fast"], "data_dir": str(data_dir), "device": "cpu"})
+    config = from_recipe("fast", data_dir=str(data_dir), device="cpu")
     metrics = read_metrics(train(config, tmp_path / "run", progress=False))
     assert len(metrics) == 2 and metrics[-1]["val_loss"] <= SEED_FINAL_VAL_NATS

@@ -1,15 +1,20 @@
-"""vaelab: train, evaluate and explore variational autoencoders on MNIST-like images."""
+"""vaelab: train, evaluate and explore variational autoencoders on MNIST-like images.
 
-from importlib.metadata import PackageNotFoundError, version
+The public names are imported on first use (PEP 562), so `import vaelab` and `vaelab --help`
+do not pay for importing torch.
+"""
 
-try:
-    __version__ = version("vaelab")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from importlib import import_module
 
-from .config import Config  # noqa: E402
-from .model import VAE  # noqa: E402
-from .runs import Run, load_run  # noqa: E402
-from .train import resume, train  # noqa: E402
+from .version import __version__
 
-__all__ = ["Config", "VAE", "Run", "load_run", "train", "resume", "__version__"]
+_PUBLIC = {"Config": "config", "VAE": "model", "Run": "runs", "load_run": "runs",
+           "train": "training", "resume": "training"}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,8 @@ A checkpoint is a dict of tensors and plain Python values, loaded with
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +16,8 @@ from typing import IO, Any, Iterator
 
 import torch
 
-from .errors import CheckpointError
+from .config import Config
+from .errors import CheckpointError, VaelabError
 
 FORMAT = "vaelab-checkpoint"
 FORMAT_VERSION = 1
@@ -79,7 +82,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read and check a checkpoint; any defect is a one-line CheckpointError."""
     path = require_checkpoint(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()  # once: the digest and the weights come from the same bytes
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - whatever the damage, the file is unusable
         raise CheckpointError(f"{path}: not a loadable vaelab checkpoint ({_first_line(err)}); "
                               "it is damaged, truncated or from another program") from None
@@ -94,7 +98,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged")
+    payload["sha256"] = hashlib.sha256(data).hexdigest()  # the file's identity, not saved in it
     return payload
+
+
+def config_from_checkpoint(payload: dict[str, Any], path: Path) -> Config:
+    try:
+        return Config.from_dict(payload["config"])
+    except (VaelabError, TypeError) as err:
+        raise CheckpointError(f"{path}: its config is not valid for this vaelab ({err})") from None
+
+
+def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) -> None:
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
+                              f"({str(err).splitlines()[0]}); the checkpoint is damaged") from None
 
 
 def _first_line(err: Exception) -> str:

@@ -1,4 +1,8 @@
-"""`vaelab` command line: a thin front end; every flag of `train` comes from a Config field."""
+"""`vaelab` command line: a thin front end; every flag of `train` comes from a Config field.
+
+Building the parser imports neither torch nor matplotlib: `--help` and argument errors
+answer at once, and each command imports what it uses when it runs.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
 from .config import RECIPES, Config, field_kind, flag_name
 from .errors import TrainingInterrupted, VaelabError
+from .version import __version__
 
 log = logging.getLogger("vaelab")
 
@@ -35,7 +39,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kind, choices, _ = field_kind(f.name)
         parser.add_argument(flag_name(f.name), dest=f.name, type=kind, choices=choices,
                             default=argparse.SUPPRESS, metavar=None if choices else f.name.upper(),
-                            help=f"{f.metadata['help']} (default: {f.default})")
+                            help=_literal(f"{f.metadata['help']} (default: {f.default})"))
+
+
+def _literal(text: str) -> str:
+    """argparse %-formats help strings: a reason that says "30%" must reach it as "30%%"."""
+    return text.replace("%", "%%")
 
 
 def config_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace a run already in --out (never done silently)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--recipe", choices=tuple(RECIPES),
-                       help="a named preset; flags you give override it. seed: the seed's "
-                            "settings; fast: " + ", ".join(f"{k} {v}" for k, v in
-                                                          RECIPES["fast"].items()))
+                       help=_literal("a named preset; flags you give override it. seed: the "
+                                     "seed's settings; fast: " + ", ".join(
+                                         f"{k} {v}" for k, v in RECIPES["fast"].items())))
     add_config_flags(train)
     train.set_defaults(handler=run_train)
     add_figure_commands(commands)
@@ -102,7 +111,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
 
 
 def add_figure_commands(commands) -> None:
-    from . import report as r
+    """Each figure command's `make(report, run, val, args)` returns its figures; the report
+    module (and with it matplotlib) is imported only when a command runs."""
 
     def command(name: str, help: str, make, files):
         parser = commands.add_parser(name, help=help, description=help)
@@ -111,21 +121,21 @@ def add_figure_commands(commands) -> None:
         return parser
 
     p = command("reconstruct", "validation images above their reconstructions",
-                lambda run, val, a: [r.figure_reconstructions(run, val, a.n, a.sample, a.seed)],
+                lambda r, run, val, a: [r.figure_reconstructions(run, val, a.n, a.sample, a.seed)],
                 ["reconstructions"])
     p.add_argument("--n", type=int, default=16, help="how many images (default: 16)")
     p.add_argument("--sample", action="store_true", help="decode z ~ q(z|x), not the mean")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample (default: 0)")
 
     p = command("sample", "new digits: decoded z ~ N(0, T^2 I)",
-                lambda run, val, a: [r.figure_samples(run, a.n, a.temperature, a.seed)],
+                lambda r, run, val, a: [r.figure_samples(run, a.n, a.temperature, a.seed)],
                 ["samples"])
     p.add_argument("--n", type=int, default=64, help="how many samples (default: 64)")
     p.add_argument("--temperature", type=float, default=1.0, help="T (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
 
     p = command("interpolate", "decode points between two digits' posterior means",
-                lambda run, val, a: [r.figure_interpolation(
+                lambda r, run, val, a: [r.figure_interpolation(
                     run, val, a.digit_from, a.digit_to, a.steps, a.pairs, a.spherical, a.index)],
                 ["interpolation"])
     p.add_argument("--from", dest="digit_from", type=int, default=6, help="class (default: 6)")
@@ -137,25 +147,26 @@ def add_figure_commands(commands) -> None:
     p.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
 
     p = command("latent", "2-D map of the validation codes (and the manifold when D = 2)",
-                lambda run, val, a: [r.figure_latent(run, val, "tsne" if a.tsne else "pca")]
+                lambda r, run, val, a: [r.figure_latent(run, val, "tsne" if a.tsne else "pca")]
                 + ([r.figure_manifold(run)] if run.model.latent_dim == 2 else []),
                 ["latent", "manifold"])
     p.add_argument("--tsne", action="store_true",
                    help="t-SNE instead of PCA (needs scikit-learn: vaelab[tsne])")
 
     command("curves", "training curves from metrics.csv",
-            lambda run, val, a: [r.figure_curves(run)], ["curves"])
+            lambda r, run, val, a: [r.figure_curves(run)], ["curves"])
 
 
 def run_figures(args: argparse.Namespace) -> int:
-    from . import plots
-    from .report import validation_split
+    from . import plots, report
+    from .data import validation_split
     from .runs import FIGURES, load_run
 
     run = load_run(args.run, args.checkpoint, args.device)
-    val = validation_split(run, args.data_dir) if args.command != "sample" else None
+    needs_data = args.command not in ("sample", "curves")
+    val = validation_split(run.config, args.data_dir) if needs_data else None
     folder = Path(args.out) if args.out else run.path / FIGURES
-    for figure, name in zip(args.make(run, val, args), args.files):
+    for figure, name in zip(args.make(report, run, val, args), args.files):
         print(plots.save(figure, folder / f"{name}.png"))
     return 0
 
@@ -185,13 +196,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_explore(args: argparse.Namespace) -> int:
     from .app import check_can_serve, launch
+    from .data import validation_split
     from .explore import Explorer
-    from .report import validation_split
     from .runs import load_run
 
     check_can_serve(args.host, args.port)
     run = load_run(args.run, args.checkpoint, args.device)
-    explorer = Explorer(run, validation_split(run, args.data_dir))
+    log.info("encoding the validation set for the explorer")
+    explorer = Explorer(run, validation_split(run.config, args.data_dir))
     print(f"serving {run.path} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     launch(explorer, args.host, args.port)
     return 0
@@ -206,9 +218,10 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from .config import from_recipe
     from .report import write_report
     from .runs import read_metrics
-    from .train import resume, train
+    from .training import check_resume_changes, resume, train
 
     changes = config_changes(args)
     progress = False if args.quiet else None
@@ -216,11 +229,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.recipe:
             raise VaelabError("a resumed run keeps its settings; --recipe is for new runs")
+        check_resume_changes(changes)  # refused before the table of epochs done is shown
         for row in read_metrics(args.resume):  # the epochs already done, for context
             print_row(row)
         run_dir = resume(args.resume, progress=progress, on_epoch_end=print_row, **changes)
     else:
-        config = Config(**{**RECIPES[args.recipe or "seed"], **changes})
+        config = from_recipe(args.recipe, **changes)
         run_dir = train(config, args.out, force=args.force, progress=progress,
                         on_epoch_end=print_row)
     print(f"run saved in {run_dir}")
@@ -245,11 +259,42 @@ def _cell(value: float, width: int) -> str:
     return f"{value:>{width}d}" if isinstance(value, int) else f"{value:>{width}.2f}"
 
 
+def log_to_stderr() -> None:
+    """vaelab's own messages, one line each; other libraries' loggers (httpx under Gradio,
+    for one) keep Python's default: warnings only."""
+    logger = logging.getLogger("vaelab")
+    if not logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("vaelab: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (as logging's last-resort handler does),
+    so a caller that swaps sys.stderr, as tests and notebooks do, still gets the lines."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="vaelab: %(message)s")
+    log_to_stderr()
     try:
         return args.handler(args)
+    except KeyboardInterrupt:  # train handles its own signals; elsewhere there is nothing to save
+        print(f"vaelab: {args.command} interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except TrainingInterrupted as stopped:
         print(f"vaelab: {stopped}", file=sys.stderr)
         return stopped.exit_code

@@ -12,11 +12,12 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so the CLI's help starts at once
+    import torch
 
 # Named presets: a recipe fills in the fields the user did not set.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -92,12 +93,29 @@ class Config:
 
     @property
     def torch_memory_format(self) -> torch.memory_format:
+        import torch
+
         return torch.channels_last if self.memory_format == "channels_last" else \
             torch.contiguous_format
 
 
+def from_recipe(recipe: str | None = None, **changes: Any) -> Config:
+    """A new run's config: the named recipe's settings, overridden by `changes`."""
+    if recipe is not None and recipe not in RECIPES:
+        raise ConfigError(f"recipe {recipe!r} is unknown: choose one of {', '.join(RECIPES)}")
+    return Config(**{**RECIPES[recipe or "seed"], **changes})
+
+
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda, then mps, then cpu; a named device must exist."""
+    """'auto' -> cuda, then mps, then cpu; a named device must be one vaelab knows and exist."""
+    import torch
+
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise ConfigError(f"device {name!r} is not one vaelab can use (--device): "
+                          "auto, cpu, mps, cuda or cuda:N")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -174,5 +192,5 @@ def _check_values(c: Config) -> None:
         _fail("grad_clip", c.grad_clip, "must be a finite number > 0, or unset")
     if c.seed < 0:
         _fail("seed", c.seed, "must be >= 0")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device):
+    if not re.fullmatch(DEVICE_PATTERN, c.device):
         _fail("device", c.device, "auto, cpu, mps, cuda or cuda:N")

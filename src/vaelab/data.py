@@ -12,18 +12,23 @@ import gzip
 import logging
 import math
 import os
+import shutil
 import socket
 import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,30 @@ def binarize(images: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(to_float(images), generator=generator).mul_(255).to(torch.uint8)
 
 
+def training_images(config: Config, split: Split) -> torch.Tensor:
+    """What the model learns from: grayscale (the seed's), or binarized once (static)."""
+    return binarize(split.images, config.seed + 1) if config.binarize == "static" else split.images
+
+
+def validation_images(config: Config, split: Split) -> torch.Tensor:
+    """Grayscale runs are measured on grayscale images; binarized runs on the one fixed
+    binarization every binarized run shares (TEST_BINARIZATION_SEED)."""
+    if config.binarize == "none":
+        return split.images
+    return binarize(split.images, TEST_BINARIZATION_SEED)
+
+
+def load_data(config: Config) -> tuple[Split, Split]:
+    """The seed's split: the 60,000 training images, the 10,000 test images as validation."""
+    return (load_split(config.dataset, "train", config.data_dir, config.limit_train),
+            load_split(config.dataset, "val", config.data_dir, config.limit_val))
+
+
+def validation_split(config: Config, data_dir: str | os.PathLike | None = None) -> Split:
+    """A run's whole validation set (its limit is for training speed, not for figures)."""
+    return load_split(config.dataset, "val", data_dir or config.data_dir)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The explicit folder, else $VAELAB_DATA_DIR, else ./data."""
     return Path(data_dir or os.environ.get(DATA_DIR_ENV) or "data").expanduser()
@@ -77,15 +106,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = None,
                limit: int | None = None, download: bool = True) -> Split:
-    """Read one split ('train' or 'val') of a dataset, downloading missing files if allowed."""
+    """Read one split ('train' or 'val') of a dataset, downloading its missing files if allowed."""
     root = resolve_data_dir(data_dir)
-    paths = find_files(dataset, root)
-    if any(paths[name] is None for name in SPLIT_FILES[split]):
-        if not download:
-            raise DataError(_missing_message(dataset, root, paths, reason="downloads are off"))
-        fetch(dataset, root, [name for name, path in paths.items() if path is None])
-        paths = find_files(dataset, root)
     image_name, label_name = SPLIT_FILES[split]
+    paths = find_files(dataset, root)
+    missing = [name for name in (image_name, label_name) if paths[name] is None]
+    if missing:
+        if not download:
+            raise DataError(_missing_message(dataset, root, missing, "downloads are off"))
+        fetch(dataset, root, missing)
+        paths = find_files(dataset, root)
     images = _cached_idx(paths[image_name])
     labels = _cached_idx(paths[label_name])
     _check_pair(images, labels, paths[image_name], paths[label_name])
@@ -104,11 +134,10 @@ def find_files(dataset: str, root: Path) -> dict[str, Path | None]:
     return found
 
 
-def _missing_message(dataset: str, root: Path, paths: dict, reason: str) -> str:
-    missing = ", ".join(name + "[.gz]" for name, path in paths.items() if path is None)
-    root = root.absolute()
-    return (f"{dataset} files missing: {missing}; looked in {root / FOLDERS[dataset] / 'raw'} "
-            f"and {root} ({reason}). Point --data-dir or ${DATA_DIR_ENV} at a folder holding them")
+def _missing_message(dataset: str, root: Path, missing: list[str], reason: str) -> str:
+    return (f"{dataset}: {' and '.join(name + '[.gz]' for name in missing)} not found in "
+            f"{root.absolute()} or its {FOLDERS[dataset]}/raw/ ({reason}); point --data-dir "
+            f"or ${DATA_DIR_ENV} at the folder holding them")
 
 
 # ---- reading and checking IDX files ------------------------------------------------------
@@ -186,28 +215,29 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, image_path: Path, label_
 # ---- downloading -------------------------------------------------------------------------
 
 def fetch(dataset: str, root: Path, names: list[str], timeout: float = 30.0) -> None:
-    """Download the named files into ROOT/<Folder>/raw, MD5-checked, each moved into place
-    only once complete and verified (a failed download leaves nothing under the final name)."""
-    from torchvision import (
-        datasets,  # only downloads need torchvision's mirrors and sums
-    )
+    """Download the named files into ROOT/<Folder>/raw, MD5-checked. Each is fetched into a
+    temporary folder outside ROOT and moved in only once verified, so a failed download
+    creates nothing in the data folder, not even an empty ROOT/<Folder>/raw."""
+    from torchvision import datasets  # only downloads need torchvision's mirrors and sums
 
     source = getattr(datasets, FOLDERS[dataset])
     md5s = {file.removesuffix(".gz"): md5 for file, md5 in source.resources}
     mirrors = os.environ.get(MIRRORS_ENV, "").split(",") if os.environ.get(MIRRORS_ENV) \
         else list(source.mirrors)
-    target = root / FOLDERS[dataset] / "raw"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(_missing_message(dataset, root, find_files(dataset, root),
-                                         f"cannot create {target} to download into: {err}"))
-    for name in names:
-        _fetch_one(name + ".gz", md5s[name], mirrors, target, timeout, dataset, root)
+    with tempfile.TemporaryDirectory(prefix="vaelab-download-") as staging:
+        for name in names:
+            file = name + ".gz"
+            failures = _download(file, md5s[name], mirrors, Path(staging), timeout)
+            if failures:
+                raise DataError(_missing_message(dataset, root, names, f"download of {file} "
+                                                 "failed: " + "; ".join(failures)))
+            _move_into(Path(staging) / file, root / FOLDERS[dataset] / "raw" / file)
 
 
-def _fetch_one(file: str, md5: str, mirrors: list[str], target: Path, timeout: float,
-               dataset: str, root: Path) -> None:
+def _download(file: str, md5: str, mirrors: list[str], folder: Path, timeout: float
+              ) -> list[str]:
+    """Try each mirror until one gives a copy with the right MD5; returns why each failed
+    (an empty list once `folder / file` holds a verified copy)."""
     from torchvision.datasets.utils import download_url
 
     failures = []
@@ -216,20 +246,30 @@ def _fetch_one(file: str, md5: str, mirrors: list[str], target: Path, timeout: f
     try:
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + file
-            with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as tmp:
-                try:
-                    log.info("downloading %s", url)
-                    download_url(url, tmp, file, md5)
-                except RuntimeError:  # torchvision's "File not found or corrupted."
-                    failures.append(f"{url}: MD5 mismatch (corrupt copy)")
-                    continue
-                except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
-                    failures.append(f"{url}: {getattr(err, 'reason', err)}")
-                    continue
-                os.replace(Path(tmp) / file, target / file)
-                return
+            try:
+                log.debug("downloading %s", url)  # torchvision's own bar shows the progress
+                download_url(url, str(folder), file, md5)
+                log.info("downloaded %s from %s (MD5 verified)", file, urlparse(url).netloc)
+                return []
+            except RuntimeError:  # torchvision's "File not found or corrupted."
+                failures.append(f"{urlparse(url).netloc}: MD5 mismatch (corrupt copy)")
+            except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
+                failures.append(f"{urlparse(url).netloc}: {getattr(err, 'reason', err)}")
+            (folder / file).unlink(missing_ok=True)
     finally:
         socket.setdefaulttimeout(previous_timeout)
-    raise DataError(_missing_message(dataset, root, find_files(dataset, root),
-                                     "download failed: " + "; ".join(failures)))
+    return failures
 
+
+def _move_into(verified: Path, final: Path) -> None:
+    """Copy a verified download to its final name atomically (the staging folder may be on
+    another file system, where a rename cannot reach)."""
+    from .checkpoint import atomic_open
+
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with verified.open("rb") as source, atomic_open(final, "wb") as target:
+            shutil.copyfileobj(source, target, _CHUNK)
+    except OSError as err:
+        raise DataError(f"cannot save the downloaded {final.name} into {final.parent} "
+                        f"({err.strerror or err}); point --data-dir at a writable folder") from None

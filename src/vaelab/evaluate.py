@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -13,43 +14,25 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_open
-from .data import load_split, to_float
+from .data import load_split, to_float, training_images, validation_images
 from .errors import VaelabError
 from .losses import (
-    ELBOTerms,
+    Totals,
     bernoulli_nll,
+    bernoulli_nll_samples,
     elbo_terms,
     kl_standard_normal,
     log_importance_weights,
 )
 from .model import VAE
+from .runs import eval_path, load_run
+
+log = logging.getLogger(__name__)
 
 EVAL_BATCH = 256  # measured fastest here (channels_last); larger batches fall out of cache
 DECODES_PER_PASS = 1024  # images x samples decoded at once: bounds memory at any K (and
 # measured fastest here: larger passes fall out of cache)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: unit i is active if Cov_x(E_q[z_i]) > 0.01
-
-
-class Totals:
-    """Running sums of the per-image ELBO terms, kept on the device (no sync per batch)."""
-
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
-        self.images = 0
-
-    def add(self, terms: ELBOTerms) -> None:
-        parts = torch.stack([terms.loss.sum(), terms.recon.sum(), terms.kl.sum()])
-        self.sums += parts.detach().double()
-        self.images += len(terms.loss)
-
-    def means(self, prefix: str, batch_size: int) -> dict[str, float]:
-        """Nats per image, plus the seed's per-batch convention: the mean over batches of
-        each batch's summed loss = total loss / number of batches of `batch_size`."""
-        loss, recon, kl = self.sums.tolist()
-        n = max(self.images, 1)
-        batches = max(math.ceil(self.images / batch_size), 1)
-        return {f"{prefix}_loss": loss / n, f"{prefix}_recon": recon / n,
-                f"{prefix}_kl": kl / n, f"{prefix}_batch_loss": loss / batches}
 
 
 @torch.inference_mode()
@@ -67,8 +50,8 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
     totals = Totals(device)
     for start in range(0, len(images), batch_size):
         x = to_float(images[start:start + batch_size].to(device))
-        logits, mu, logvar = model(x, generator)
-        totals.add(elbo_terms(logits, x, mu, logvar))
+        out = model(x, generator)
+        totals.add(elbo_terms(out.logits, x, out.mu, out.logvar))
     model.train(was_training)
     return totals
 
@@ -104,9 +87,7 @@ def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int 
             nll_sum = torch.zeros(len(x), dtype=torch.float64, device=device)
             for done in range(0, samples, chunk):
                 z = model.sample_latents(mu, logvar, min(chunk, samples - done), generator)
-                logits = model.decode_latents(z)
-                nll = bernoulli_nll(logits.flatten(0, 1), x.expand_as(logits).flatten(0, 1))
-                nll = nll.view(z.shape[:2]).double()
+                nll = bernoulli_nll_samples(model.decode_latents(z), x).double()
                 log_w = log_importance_weights(-nll, z.double(), mu.double(), logvar.double())
                 log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
                 log_sum_sq = torch.logaddexp(log_sum_sq, torch.logsumexp(2 * log_w, 0))
@@ -163,9 +144,6 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
                      progress: bool | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a run's checkpoint on its test (or training) images; write RUN/eval.json
     (eval-train.json) atomically and return the numbers with the file's path."""
-    from .runs import load_run
-    from .train import training_images, validation_images
-
     if samples < 1:
         raise VaelabError(f"--iw-samples {samples} is not allowed: it must be at least 1")
     if limit is not None and limit < 1:
@@ -179,12 +157,14 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
     else:
         images = validation_images(config, data)
     show = sys.stderr.isatty() if progress is None else progress
+    log.info("evaluating %d images with K=%d importance samples each", len(images), samples)
     result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
+              "checkpoint_sha256": run.checkpoint_sha256,
               "dataset": config.dataset, "binarize": config.binarize,
               **evaluate_run(run.model, images, samples, seed, show)}
     if config.binarize == "none":
         result["pixel_entropy"] = pixel_entropy(images)
-    path = run.path / ("eval.json" if split == "test" else "eval-train.json")
+    path = eval_path(run.path, split)
     try:
         with atomic_open(path) as file:
             json.dump(result, file, indent=2)

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
-from . import generate
+from . import generate, plots
 from .data import Split, to_float
 from .errors import VaelabError
 from .runs import Run
@@ -28,13 +28,10 @@ class Explorer:
     def __init__(self, run: Run, val: Split, directions: int = 8):
         self.model, self.val = run.model, val
         self.codes = generate.encode_means(run.model, val.images).double()  # (N, D)
-        self.mean = self.codes.mean(0)
-        _, singular, vt = torch.linalg.svd(self.codes - self.mean, full_matrices=False)
-        sign = torch.where(vt[:, :1] < 0, -1.0, 1.0).to(vt)
-        vt = vt * sign  # fixed signs: the same run always gets the same sliders
-        self.directions = vt[:directions]  # (k, D), orthonormal rows; k = D when D is small
-        # std along each; the floor keeps a direction with no spread (collapsed codes) usable
-        self.scales = (singular[:directions] / (len(self.codes) - 1) ** 0.5).clamp_min(1e-6)
+        self.mean, axes, scales = generate.principal_axes(self.codes)
+        self.directions = axes[:directions]  # (k, D), orthonormal rows; k = D when D is small
+        # the floor keeps a direction with no spread (collapsed codes) usable
+        self.scales = scales[:directions].clamp_min(1e-6)
         self.map = LatentMap(self.project(self.codes), val.labels)
 
     # ---- sliders -----------------------------------------------------------------------
@@ -193,11 +190,7 @@ class LatentMap:
     def __init__(self, points: torch.Tensor, labels: torch.Tensor):
         figure = Figure(figsize=(5, 4.6), dpi=100, layout="constrained")
         axes = figure.add_subplot()
-        scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5,
-                               vmax=9.5, s=2, alpha=0.6, linewidths=0)
-        figure.colorbar(scatter, ax=axes, ticks=range(10), label="digit")
-        axes.set_xlabel("principal direction 1")
-        axes.set_ylabel("principal direction 2")
+        plots.scatter_codes(axes, points, labels, "principal direction", size=2, alpha=0.6)
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
         self.image = np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -5,11 +5,15 @@ Images come back as Bernoulli means sigmoid(logits) in [0, 1], shape (N, 1, 28, 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .data import Split, to_float
 from .errors import VaelabError
 from .model import VAE
+
+log = logging.getLogger(__name__)
 
 
 def _device(model: VAE) -> torch.device:
@@ -79,16 +83,24 @@ def interpolate(model: VAE, image_a: torch.Tensor, image_b: torch.Tensor, steps:
 
 
 def pick_pairs(split: Split, digit_a: int, digit_b: int, pairs: int) -> list[tuple[int, int]]:
-    """The first `pairs` images of class a matched with the first of class b (deterministic)."""
-    indices = []
+    """The first `pairs` images of class a matched with the first of class b (deterministic).
+    For one class with itself, the first `pairs` images go to the next `pairs`: never an image
+    to itself."""
     for digit in (digit_a, digit_b):
         if not 0 <= digit <= 9:
             raise VaelabError(f"digit {digit} is not a class: choose 0-9")
-        found = torch.nonzero(split.labels == digit).flatten()[:pairs].tolist()
-        if not found:
-            raise VaelabError(f"no image of class {digit} in the validation data; "
-                              "choose a class it holds, or pick images with --index I J")
-        indices.append(found)
+    same = digit_a == digit_b
+    indices = []
+    for digit in {digit_a: None, digit_b: None}:  # each class once, in order
+        found = torch.nonzero(split.labels == digit).flatten()[:2 * pairs if same else pairs]
+        if len(found) < (2 if same else 1):
+            raise VaelabError(f"no {'two images' if same else 'image'} of class {digit} in the "
+                              "validation data; choose a class it holds, or pick images with "
+                              "--index I J")
+        indices.append(found.tolist())
+    if same:
+        half = len(indices[0]) // 2
+        return list(zip(indices[0][:half], indices[0][half:2 * half]))
     return list(zip(*indices))
 
 
@@ -103,12 +115,22 @@ def project_2d(codes: torch.Tensor, method: str = "pca", seed: int = 0) -> torch
             from sklearn.manifold import TSNE
         except ImportError:
             raise VaelabError("t-SNE needs scikit-learn: pip install 'vaelab[tsne]'") from None
+        log.info("t-SNE of %d codes: about a minute on a CPU", len(codes))
         return torch.from_numpy(TSNE(2, init="pca", random_state=seed).fit_transform(
             codes.double().numpy())).float()
-    centred = codes.double() - codes.double().mean(0)
-    _, _, vt = torch.linalg.svd(centred, full_matrices=False)
-    vt = vt * torch.sign(vt[:, :1])  # fix SVD's arbitrary sign so figures are deterministic
-    return (centred @ vt[:2].T).float()
+    mean, directions, _ = principal_axes(codes)
+    return ((codes.double() - mean) @ directions[:2].T).float()
+
+
+def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PCA of codes (N, D), in float64: their mean (D,), the principal directions as
+    orthonormal rows (min(N, D), D), and the standard deviation along each. Each direction's
+    sign is fixed (first coordinate >= 0), so the same codes always give the same axes."""
+    codes = codes.double()
+    mean = codes.mean(0)
+    _, singular, vt = torch.linalg.svd(codes - mean, full_matrices=False)
+    vt = vt * torch.where(vt[:, :1] < 0, -1.0, 1.0).to(vt)
+    return mean, vt, singular / max(len(codes) - 1, 1) ** 0.5
 
 
 @torch.inference_mode()

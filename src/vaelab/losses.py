@@ -34,6 +34,13 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return pixel_nll.flatten(1).sum(1)
 
 
+def bernoulli_nll_samples(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x|z_k) for K decodes of each image: logits (K, B, 1, 28, 28), x (B, 1, 28, 28)
+    -> (K, B)."""
+    nll = bernoulli_nll(logits.flatten(0, 1), x.expand_as(logits).flatten(0, 1))
+    return nll.view(logits.shape[:2])
+
+
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, I)) = -1/2 sum_d (1 + logvar - mu^2 - exp(logvar)).
 
@@ -81,8 +88,30 @@ def iwae_terms(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, mu: torch
 
     logits: (K, B, 1, 28, 28); x: (B, 1, 28, 28); z: (K, B, D); mu, logvar: (B, D).
     """
-    nll = bernoulli_nll(logits.flatten(0, 1), x.expand_as(logits).flatten(0, 1))
-    nll = nll.view(z.shape[:2])
+    nll = bernoulli_nll_samples(logits, x)
     recon, kl = nll.mean(0), kl_standard_normal(mu, logvar)
     objective = -iwae_bound(log_importance_weights(-nll, z, mu, logvar, beta))
     return ELBOTerms(recon + kl, recon, kl, objective)
+
+
+class Totals:
+    """Running sums of the per-image ELBO terms over an epoch or a data set, kept on the
+    device (no sync per batch); training and evaluation both report through it."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.images = 0
+
+    def add(self, terms: ELBOTerms) -> None:
+        parts = torch.stack([terms.loss.sum(), terms.recon.sum(), terms.kl.sum()])
+        self.sums += parts.detach().double()
+        self.images += len(terms.loss)
+
+    def means(self, prefix: str, batch_size: int) -> dict[str, float]:
+        """Nats per image, plus the seed's per-batch convention: the mean over batches of
+        each batch's summed loss = total loss / number of batches of `batch_size`."""
+        loss, recon, kl = self.sums.tolist()
+        n = max(self.images, 1)
+        batches = max(math.ceil(self.images / batch_size), 1)
+        return {f"{prefix}_loss": loss / n, f"{prefix}_recon": recon / n,
+                f"{prefix}_kl": kl / n, f"{prefix}_batch_loss": loss / batches}

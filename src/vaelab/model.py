@@ -10,10 +10,22 @@ The decoder returns Bernoulli *logits*; the loss applies the sigmoid inside
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 _HIDDEN = (64, 7, 7)
+
+
+class Decoded(NamedTuple):
+    """One pass through the VAE. With K samples per image every z-shaped tensor gains a
+    leading K: logits (K, B, 1, 28, 28), z (K, B, D); mu and logvar stay (B, D)."""
+
+    logits: torch.Tensor
+    z: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
 
 
 class Encoder(nn.Module):
@@ -85,12 +97,16 @@ class VAE(nn.Module):
         """z (K, B, D) -> logits (K, B, 1, 28, 28): all K x B decoded in one batch."""
         return self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: (B, 1, 28, 28) -> (logits (B, 1, 28, 28), mu (B, D), logvar (B, D))."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                samples: int | None = None) -> Decoded:
+        """x: (B, 1, 28, 28) -> one z per image, or `samples` of them (the IWAE bound's),
+        decoded. Both go through forward so that torch.compile (and any wrapper) sees them."""
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator)
-        return self.decode(z), mu, logvar
+        if samples is None:
+            z = self.reparameterize(mu, logvar, generator)
+            return Decoded(self.decode(z), z, mu, logvar)
+        z = self.sample_latents(mu, logvar, samples, generator)
+        return Decoded(self.decode_latents(z), z, mu, logvar)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -66,13 +66,19 @@ def manifold(images: torch.Tensor) -> Figure:
 def latent_scatter(points: torch.Tensor, labels: torch.Tensor, method: str) -> Figure:
     figure = Figure(figsize=(7, 6), dpi=DPI)
     axes = figure.add_subplot()
-    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5,
-                           vmax=9.5, s=3, alpha=0.7, linewidths=0, rasterized=True)
-    figure.colorbar(scatter, ax=axes, ticks=range(10), label="digit")
+    scatter_codes(axes, points, labels, method, size=3, alpha=0.7)
     axes.set_title(f"Validation posterior means, {method}")
-    axes.set_xlabel(f"{method} 1")
-    axes.set_ylabel(f"{method} 2")
     return figure
+
+
+def scatter_codes(axes, points: torch.Tensor, labels: torch.Tensor, axis_name: str,
+                  size: float, alpha: float) -> None:
+    """2-D codes (N, 2) as dots coloured by digit, with a colour bar of the ten classes."""
+    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5,
+                           vmax=9.5, s=size, alpha=alpha, linewidths=0, rasterized=True)
+    axes.figure.colorbar(scatter, ax=axes, ticks=range(10), label="digit")
+    axes.set_xlabel(f"{axis_name} 1")
+    axes.set_ylabel(f"{axis_name} 2")
 
 
 def curves(metrics: list[dict[str, float]]) -> Figure:

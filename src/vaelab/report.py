@@ -14,10 +14,10 @@ from matplotlib.figure import Figure
 
 from . import generate, plots
 from .checkpoint import atomic_open
-from .data import Split, load_split, to_float
+from .data import Split, to_float, validation_split
 from .errors import VaelabError
 from .model import count_parameters
-from .runs import FIGURES, REPORT, Run, load_run
+from .runs import FIGURES, REPORT, Run, checkpoint_path, eval_path, load_run
 
 # The seed's table (SEED.md): epoch -> (train, val) in its convention, each batch's summed
 # loss averaged over batches of 64: 938 training and 157 validation batches.
@@ -28,11 +28,6 @@ SEED_BATCHES_PER_IMAGE = (938 / 60_000, 157 / 10_000)
 def _at_least(flag: str, value: float, low: float) -> None:
     if value < low:
         raise VaelabError(f"{flag} {value} is not allowed: it must be at least {low}")
-
-
-def validation_split(run: Run, data_dir: str | None = None) -> Split:
-    """The run's whole validation set (its limit is for training speed, not for figures)."""
-    return load_split(run.config.dataset, "val", data_dir or run.config.data_dir)
 
 
 def figure_reconstructions(run: Run, val: Split, n: int = 16, sample: bool = False,
@@ -102,12 +97,14 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
 def write_report(run_dir: str | os.PathLike, data_dir: str | None = None,
                  out: str | os.PathLike | None = None, checkpoint: str = "best",
                  device: str | None = None) -> Path:
-    """Save every figure into RUN/figures/ (or `out`) and write RUN/report.html embedding them."""
+    """Save every figure into RUN/figures/ and write RUN/report.html embedding them; with
+    `out`, both go into that folder instead and the run folder is left as it was."""
     run = load_run(run_dir, checkpoint, device)
     figure_dir = Path(out) if out else run.path / FIGURES
+    val = validation_split(run.config, data_dir)
     paths = {name: plots.save(figure, figure_dir / f"{name}.png")
-             for name, figure in standard_figures(run, validation_split(run, data_dir)).items()}
-    report = run.path / REPORT
+             for name, figure in standard_figures(run, val).items()}
+    report = (Path(out) if out else run.path) / REPORT
     try:
         with atomic_open(report) as file:
             file.write(render_html(run, paths))
@@ -145,9 +142,7 @@ def render_html(run: Run, figures: dict[str, Path]) -> str:
         "<h2>Against the seed</h2>", _seed_table(run),
         "<h2>Per epoch</h2>", _metrics_table(run),
     ]
-    evaluation = run.path / "eval.json"
-    if evaluation.is_file():
-        sections += ["<h2>Evaluation</h2>", _dict_table(json.loads(evaluation.read_text()))]
+    sections += _evaluation_section(run)
     for name, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode()
         sections.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
@@ -192,6 +187,43 @@ def _metrics_table(run: Run) -> str:
     columns = ["epoch", "train_loss", "val_loss", "val_recon", "val_kl", "train_batch_loss",
                "val_batch_loss", "epoch_seconds"]
     return _table(columns, [[row[c] for c in columns] for row in run.metrics])
+
+
+def _evaluation_section(run: Run) -> list[str]:
+    """eval.json, shown only if it measured the very checkpoint file the run has now (a run
+    replaced with --force, or trained further, has another)."""
+    path = eval_path(run.path, "test")
+    if not path.is_file():
+        return []
+    try:
+        result = json.loads(path.read_text())
+        current = _sha256(checkpoint_path(run.path, result["checkpoint"]))
+        fresh = result["checkpoint_sha256"] == current
+    except (OSError, ValueError, KeyError, TypeError):
+        fresh = False
+    if not fresh:
+        return ["<h2>Evaluation</h2>", f"<p>{_e(path.name)} measured a checkpoint this run no "
+                f"longer has; run <code>vaelab evaluate {_e(run.path)}</code> again.</p>"]
+    caption = (f"<p>{result['images']:,} {_e(result['split'])} images, {_e(result['binarize'])} "
+               f"targets, {_e(result['checkpoint'])}.pt (epoch {result['epoch']}), "
+               f"K = {result['iw_samples']:,} importance samples per image.</p>")
+    rows = [[f"−log p(x), importance-weighted (K = {result['iw_samples']:,})", result["nll"],
+             result["nll_stderr"]],
+            ["−ELBO", result["neg_elbo"], result["neg_elbo_stderr"]],
+            ["  reconstruction", result["recon"], "—"], ["  KL", result["kl"], "—"]]
+    if "pixel_entropy" in result:
+        rows.append(["grayscale floor (pixel entropy)", result["pixel_entropy"], "—"])
+    table = _table(["nats per image", "mean", "± standard error"], rows)
+    units = (f"<p>{result['active_units']} of {result['latent_dim']} latent units active; "
+             f"median effective sample size {result['effective_samples_median']:.0f} of "
+             f"{result['iw_samples']:,}.</p>")
+    return ["<h2>Evaluation</h2>", caption, table, units]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _dict_table(values: dict) -> str:

@@ -1,4 +1,5 @@
-"""A run directory: config.json, metrics.csv, last.pt, best.pt (and figures, report).
+"""A run directory and every file in it: config.json, metrics.csv, last.pt, best.pt,
+eval.json, eval-train.json, report.html and figures/. This module alone names them.
 
 `load_run(RUN_DIR)` rebuilds the model and its config from the directory alone.
 """
@@ -11,13 +12,14 @@ import errno
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
-from .checkpoint import atomic_open, load_checkpoint
+from .checkpoint import atomic_open, config_from_checkpoint, load_checkpoint, load_weights
 from .config import Config, resolve_device
 from .errors import CheckpointError, VaelabError
 from .model import VAE
@@ -28,8 +30,10 @@ LAST = "last.pt"
 BEST = "best.pt"
 REPORT = "report.html"
 FIGURES = "figures"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, REPORT)
+EVAL_FILES = {"test": "eval.json", "train": "eval-train.json"}  # by `vaelab evaluate --split`
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, REPORT, *EVAL_FILES.values())
 LOCK = ".lock"
+TEMPORARY = ".*.tmp"  # atomic_open's files: left behind only by a process killed mid-write
 
 # nats per image, except *_batch_loss: the seed's convention, each batch's summed loss
 # averaged over batches (what the seed's table shows).
@@ -49,6 +53,8 @@ class Run:
     epoch: int
     metrics: list[dict[str, float]]
     device: torch.device
+    checkpoint: str = "best"  # which file the model came from, and its SHA-256:
+    checkpoint_sha256: str = ""  # what an evaluation records, so it is never shown for another
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
@@ -58,28 +64,37 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     if not path.is_dir():
         raise CheckpointError(f"no run directory at {path}; train one with "
                               f"`vaelab train --out {path}`")
-    payload = load_checkpoint(path / (BEST if checkpoint == "best" else LAST))
+    payload = load_checkpoint(checkpoint_path(path, checkpoint))
     config = config_from_checkpoint(payload, path)
     target = resolve_device(device or config.device)
     model = VAE(config.latent_dim)
     load_weights(model, payload, path)
     model.to(target, memory_format=config.torch_memory_format).eval()
-    return Run(path, config, model, payload["epoch"], read_metrics(path), target)
+    return Run(path, config, model, payload["epoch"], read_metrics(path), target, checkpoint,
+               payload["sha256"])
 
 
-def config_from_checkpoint(payload: dict[str, Any], path: Path) -> Config:
-    try:
-        return Config.from_dict(payload["config"])
-    except (VaelabError, TypeError) as err:
-        raise CheckpointError(f"{path}: its config is not valid for this vaelab ({err})") from None
+def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    return run_dir / (BEST if checkpoint == "best" else LAST)
 
 
-def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) -> None:
-    try:
-        model.load_state_dict(payload["model"])
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
-                              f"({str(err).splitlines()[0]}); the checkpoint is damaged") from None
+def eval_path(run_dir: Path, split: str) -> Path:
+    return run_dir / EVAL_FILES[split]
+
+
+def clear_run(run_dir: Path) -> None:
+    """--force: remove every file the previous run wrote (call it holding the run's lock)."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / FIGURES, ignore_errors=True)
+    remove_temporaries(run_dir)
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Half-written files of a process killed mid-save; the files they were replacing are
+    intact. Only called under the run's lock, so no live writer owns them."""
+    for stale in run_dir.glob(TEMPORARY):
+        stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import load_weights
 from .config import Config
-from .evaluate import Totals
+from .losses import Totals
 from .model import VAE
-from .runs import load_weights
 
 
 @dataclass

@@ -8,7 +8,6 @@ for bit. The loop prints nothing but its tqdm bar; each epoch's row goes to `on_
 from __future__ import annotations
 
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -20,26 +19,30 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .checkpoint import load_checkpoint, require_checkpoint, save_checkpoint
+from .checkpoint import (
+    config_from_checkpoint,
+    load_checkpoint,
+    require_checkpoint,
+    save_checkpoint,
+)
 from .config import Config, resolve_device
-from .data import TEST_BINARIZATION_SEED, Split, binarize, load_split, to_float
+from .data import Split, load_data, to_float, training_images, validation_images
 from .errors import NonFiniteLoss, TrainingInterrupted, VaelabError
-from .evaluate import Totals, evaluate_elbo
-from .losses import ELBOTerms, elbo_terms, iwae_terms
+from .evaluate import evaluate_elbo
+from .losses import ELBOTerms, Totals, elbo_terms, iwae_terms
 from .runs import (
     BEST,
-    FIGURES,
     LAST,
-    RUN_FILES,
     check_writable,
-    config_from_checkpoint,
+    clear_run,
     holds_run,
+    remove_temporaries,
     run_lock,
     write_config,
     write_metrics,
 )
 from .state import EpochProgress, TrainingState
+from .version import __version__
 
 EpochCallback = Callable[[dict[str, float]], None]
 
@@ -65,7 +68,7 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
     _make_run_dir(run_dir)
     with run_lock(run_dir):
         if force:
-            _clear_run(run_dir)
+            clear_run(run_dir)
         elif holds_run(run_dir):  # another process started a run here since the check
             raise VaelabError(f"{run_dir} already holds a run; pass --force to replace it")
         state = TrainingState.fresh(config, device)
@@ -79,7 +82,9 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
     train further), data_dir or device."""
     run_dir = Path(run_dir)
     require_checkpoint(run_dir / LAST)
+    check_resume_changes(changes)
     with run_lock(run_dir):
+        remove_temporaries(run_dir)
         payload = load_checkpoint(run_dir / LAST)
         config = _resumed_config(payload, run_dir, changes)
         device = resolve_device(config.device)
@@ -90,11 +95,15 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
     return run_dir
 
 
-def _resumed_config(payload: dict[str, Any], run_dir: Path, changes: dict[str, Any]) -> Config:
+def check_resume_changes(changes: dict[str, Any]) -> None:
+    """Refuse, before anything is read or printed, a change a resumed run cannot take."""
     refused = sorted(set(changes) - set(RESUMABLE_CHANGES))
     if refused:
         raise VaelabError(f"a resumed run keeps its settings; cannot change {', '.join(refused)} "
                           f"(only {', '.join(RESUMABLE_CHANGES)}); start a new run instead")
+
+
+def _resumed_config(payload: dict[str, Any], run_dir: Path, changes: dict[str, Any]) -> Config:
     saved = config_from_checkpoint(payload, run_dir)
     config = saved.replace(**changes)
     if config.epochs < payload["epoch"]:
@@ -104,25 +113,6 @@ def _resumed_config(payload: dict[str, Any], run_dir: Path, changes: dict[str, A
         raise VaelabError(f"{run_dir} follows a one-cycle schedule fitted to its "
                           f"{saved.epochs} epochs; to train longer, start a new run")
     return config
-
-
-def load_data(config: Config) -> tuple[Split, Split]:
-    """The seed's split: the 60,000 training images, the 10,000 test images as validation."""
-    return (load_split(config.dataset, "train", config.data_dir, config.limit_train),
-            load_split(config.dataset, "val", config.data_dir, config.limit_val))
-
-
-def training_images(config: Config, split: Split) -> torch.Tensor:
-    """What the model learns from: grayscale (the seed's), or binarized once (static)."""
-    return binarize(split.images, config.seed + 1) if config.binarize == "static" else split.images
-
-
-def validation_images(config: Config, split: Split) -> torch.Tensor:
-    """Grayscale runs are measured on grayscale images; binarized runs on the one fixed
-    binarization every binarized run shares (TEST_BINARIZATION_SEED)."""
-    if config.binarize == "none":
-        return split.images
-    return binarize(split.images, TEST_BINARIZATION_SEED)
 
 
 def kl_weight(beta: float, warmup_epochs: int, step: int, steps_per_epoch: int) -> float:
@@ -139,13 +129,6 @@ def _make_run_dir(run_dir: Path) -> None:
     except OSError as err:
         raise VaelabError(f"cannot create the run directory {run_dir} ({err.strerror}); "
                           "choose a writable --out") from None
-
-
-def _clear_run(run_dir: Path) -> None:
-    """--force: remove the previous run's files (only ever called holding the run's lock)."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / FIGURES, ignore_errors=True)
 
 
 class _StopSignals:
@@ -259,17 +242,13 @@ def _step(state: TrainingState, x: torch.Tensor, epoch: int, batch: int,
     config, model, optimizer = state.config, state.network, state.optimizer
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, state.step, config.epochs * state.steps_per_epoch)
+    iwae = config.iw_train > 1
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=state.bf16):
-        if config.iw_train == 1:
-            logits, mu, logvar = model(x, state.noise)
-        else:
-            mu, logvar = state.model.encode(x)
-            z = state.model.sample_latents(mu, logvar, config.iw_train, state.noise)
-            logits = state.model.decode_latents(z)
-    if config.iw_train == 1:
-        terms = elbo_terms(logits, x, mu, logvar, beta)
+        out = model(x, state.noise, samples=config.iw_train if iwae else None)
+    if iwae:
+        terms = iwae_terms(out.logits, x, out.z, out.mu, out.logvar, beta)
     else:
-        terms = iwae_terms(logits, x, z, mu, logvar, beta)
+        terms = elbo_terms(out.logits, x, out.mu, out.logvar, beta)
     objective = terms.objective.mean()
     optimizer.zero_grad(set_to_none=True)
     objective.backward()

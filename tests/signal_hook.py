@@ -1,0 +1,70 @@
+"""Run `vaelab` in a real process that signals itself at a chosen call: a test hook, so that
+signal and kill tests land where they mean to, with no sleeps.
+
+    python tests/signal_hook.py MODULE:NAME N ACTION [vaelab arguments...]
+
+On the N-th call (1-based) of MODULE:NAME (a function, or Class.method), just before the call
+runs, the process sends itself ACTION: INT, TERM or KILL. ACTION HALF-WRITTEN (for
+torch:save) writes half of what would be saved, flushes it to disk, then SIGKILLs itself:
+a process killed in the middle of writing a checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import signal
+import sys
+
+
+def kill_half_written(real_save):
+    def save(obj, file, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        file.write(data[:len(data) // 2])
+        file.flush()
+        os.fsync(file.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save
+
+
+def signalling(real, at: int, signum: int):
+    calls = 0
+
+    def hooked(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == at:
+            os.kill(os.getpid(), signum)  # handled (or raised) before the call below runs
+        return real(*args, **kwargs)
+    return hooked
+
+
+def install(target: str, at: int, action: str) -> None:
+    module_name, _, name = target.partition(":")
+    owner = importlib.import_module(module_name)
+    *path, attribute = name.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    real = getattr(owner, attribute)
+    if action == "HALF-WRITTEN":
+        calls = 0
+
+        def maybe_half(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            save = kill_half_written(real) if calls == at else real
+            return save(*args, **kwargs)
+        setattr(owner, attribute, maybe_half)
+    else:
+        setattr(owner, attribute, signalling(real, at, getattr(signal, f"SIG{action}")))
+
+
+if __name__ == "__main__":
+    target, at, action, *arguments = sys.argv[1:]
+    install(target, int(at), action)
+    from vaelab.cli import main
+
+    sys.exit(main(arguments))
