@@ -4,7 +4,8 @@ signal and kill tests land where they mean to, with no sleeps.
     python tests/signal_hook.py MODULE:NAME N ACTION [vaelab arguments...]
 
 On the N-th call (1-based) of MODULE:NAME (a function, or Class.method), just before the call
-runs, the process sends itself ACTION: INT, TERM or KILL. ACTION HALF-WRITTEN (for
+runs, the process sends itself ACTION: INT, TERM or KILL, or several in turn (INT,INT: a
+second Ctrl-C before the first was acted on). ACTION HALF-WRITTEN (for
 torch:save) writes half of what would be saved, flushes it to disk, then SIGKILLs itself:
 a process killed in the middle of writing a checkpoint.
 """
@@ -30,14 +31,15 @@ def kill_half_written(real_save):
     return save
 
 
-def signalling(real, at: int, signum: int):
+def signalling(real, at: int, signals: list[int]):
     calls = 0
 
     def hooked(*args, **kwargs):
         nonlocal calls
         calls += 1
         if calls == at:
-            os.kill(os.getpid(), signum)  # handled (or raised) before the call below runs
+            for signum in signals:  # each is handled (or raised) before the next line runs
+                os.kill(os.getpid(), signum)
         return real(*args, **kwargs)
     return hooked
 
@@ -59,7 +61,8 @@ def install(target: str, at: int, action: str) -> None:
             return save(*args, **kwargs)
         setattr(owner, attribute, maybe_half)
     else:
-        setattr(owner, attribute, signalling(real, at, getattr(signal, f"SIG{action}")))
+        signals = [getattr(signal, f"SIG{name}") for name in action.split(",")]
+        setattr(owner, attribute, signalling(real, at, signals))
 
 
 if __name__ == "__main__":

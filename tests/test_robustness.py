@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,16 +14,31 @@ from test_train import without_timings
 import vaelab.training as training
 from vaelab import load_run, resume, train
 from vaelab.checkpoint import load_checkpoint
-from vaelab.errors import CheckpointError, NonFiniteLoss, VaelabError
+from vaelab.errors import CheckpointError, NonFiniteLoss, TrainingInterrupted, VaelabError
+
+HOOK = Path(__file__).with_name("signal_hook.py")
+
+
+def training_args(run, config, *extra):
+    """`vaelab train` arguments with the same settings as `config`."""
+    return ["train", "--out", str(run), "--quiet", "--data-dir", config.data_dir, "--device",
+            "cpu", "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
+            "--limit-train", str(config.limit_train), "--limit-val", str(config.limit_val),
+            *extra]
 
 
 def start_training(run, config, *extra):
-    """`vaelab train` in its own process, with the same settings as `config`."""
-    args = [sys.executable, "-m", "vaelab", "train", "--out", str(run), "--quiet",
-            "--data-dir", config.data_dir, "--device", "cpu", "--epochs", str(config.epochs),
-            "--batch-size", str(config.batch_size), "--limit-train", str(config.limit_train),
-            "--limit-val", str(config.limit_val), *extra]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """`vaelab train` in its own process."""
+    return subprocess.Popen([sys.executable, "-m", "vaelab", *training_args(run, config, *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def train_with_hook(run, config, target, at, action):
+    """`vaelab train` in its own process, which sends itself ACTION on the AT-th call of
+    TARGET (tests/signal_hook.py): the signal lands exactly where the test says."""
+    return subprocess.run([sys.executable, str(HOOK), target, str(at), action,
+                           *training_args(run, config)], capture_output=True, text=True,
+                          timeout=300)
 
 
 def wait_for(condition, process, timeout=120):
@@ -46,12 +62,15 @@ def assert_same_run(a, b):
         assert torch.equal(x, y), name
 
 
+BATCHES = 64  # per epoch of long_config
+
+
 @pytest.fixture(scope="module")
 def long_config(data_dir):
-    """Epochs of 256 batches: long enough that a signal lands inside one."""
+    """Three epochs of 64 batches, so that a hook can stop one anywhere."""
     from vaelab import Config
-    return Config(data_dir=str(data_dir), limit_train=8192, limit_val=256, batch_size=32,
-                  epochs=3, device="cpu")
+    return Config(data_dir=str(data_dir), limit_train=32 * BATCHES, limit_val=256,
+                  batch_size=32, epochs=3, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -59,38 +78,52 @@ def uninterrupted(long_config, tmp_path_factory):
     return train(long_config, tmp_path_factory.mktemp("reference") / "run", progress=False)
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_mid_epoch_saves_and_resume_finishes_identically(
-        long_config, uninterrupted, tmp_path, signum, code):
+# README "What happens when...": Ctrl-C or SIGTERM while training; "tested on CPU".
+@pytest.mark.parametrize("signum, step, message", [
+    (signal.SIGINT, BATCHES + 20, "in epoch 2 after batch 20"),
+    (signal.SIGTERM, BATCHES + 20, "in epoch 2 after batch 20"),
+    (signal.SIGTERM, BATCHES, "before epoch 2"),  # the last batch of epoch 1
+])
+def test_a_signal_saves_where_it_landed_and_resume_finishes_identically(
+        long_config, uninterrupted, tmp_path, signum, step, message):
     run = tmp_path / "run"
-    process = start_training(run, long_config)
-    wait_for(lambda: epochs_logged(run) >= 1, process)
-    time.sleep(0.5)  # into epoch 2, which lasts seconds; the boundary case is checked too
-    process.send_signal(signum)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == code, err
-    assert f"Resume with: vaelab train --resume {run}" in err
-    last_line = err.strip().splitlines()[-1]
+    result = train_with_hook(run, long_config, "vaelab.training:_step", step, signum.name[3:])
+    assert result.returncode == 128 + signum, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"vaelab: stopped by {signum.name} {message}; {run / 'last.pt'} holds the run so far. "
+        f"Resume with: vaelab train --resume {run}")
     saved = load_checkpoint(run / "last.pt")
-    assert saved["epoch"] == 1
-    if last_line.startswith(f"vaelab: stopped by {signum.name} in epoch 2"):
-        assert saved["partial"]["next_batch"] > 0  # a mid-epoch checkpoint
-    else:  # the signal landed between epochs on a slow machine
-        assert last_line.startswith(f"vaelab: stopped by {signum.name} before epoch 2"), last_line
-    assert epochs_logged(run) == 1
+    assert saved["epoch"] == epochs_logged(run) == 1 and saved["step"] == step
+    mid_epoch = step % BATCHES
+    assert (saved["partial"] or {}).get("next_batch", 0) == mid_epoch
     resume(run, progress=False)
     assert_same_run(uninterrupted, run)
 
 
-def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint(long_config, uninterrupted, tmp_path):
+# README: "A second Ctrl-C stops at once; the files are still intact."
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_files(long_config, tmp_path):
     run = tmp_path / "run"
-    process = start_training(run, long_config)
-    wait_for(lambda: epochs_logged(run) >= 1, process)
-    process.kill()
-    process.communicate(timeout=60)
-    assert load_checkpoint(run / "last.pt")["epoch"] == epochs_logged(run) == 1
-    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    result = train_with_hook(run, long_config, "vaelab.training:_step", BATCHES + 5, "INT,INT")
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("vaelab: train interrupted")
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["epoch"] == 1 and saved["partial"] is None  # epoch 1's, untouched
     resume(run, progress=False)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+
+
+# README: "lose the process (SIGKILL, power cut)": every file replaced atomically.
+def test_sigkill_in_the_middle_of_a_checkpoint_write(long_config, uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    # torch.save calls: 1 best.pt and 2 last.pt of epoch 1; 3 is epoch 2's first save.
+    result = train_with_hook(run, long_config, "torch:save", 3, "HALF-WRITTEN")
+    assert result.returncode == -signal.SIGKILL
+    half_written = [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert len(half_written) == 1 and half_written[0].stat().st_size > 0  # killed mid-write
+    assert load_checkpoint(run / "last.pt")["epoch"] == epochs_logged(run) == 1
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1
+    resume(run, progress=False)
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # cleared under the lock
     assert_same_run(uninterrupted, run)
 
 
@@ -123,6 +156,83 @@ def test_a_nan_loss_stops_with_epoch_and_batch_and_keeps_good_checkpoints(
     assert {name: (run / name).read_bytes() for name in before} == before
 
 
+# README: "hit a NaN or infinite loss or gradient": the gradient case.
+def test_a_nan_gradient_with_a_finite_loss_stops_before_the_update(tiny_config, tmp_path,
+                                                                   monkeypatch):
+    run = train(tiny_config.replace(epochs=1), tmp_path / "run")
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.csv")}
+    real, calls = training.elbo_terms, []
+
+    def nan_gradient(*args, **kwargs):
+        calls.append(1)
+        terms = real(*args, **kwargs)
+        if len(calls) != 3:
+            return terms
+        # + 0 * sqrt(0): the value is unchanged, its gradient is 0 * inf = nan
+        zero = terms.objective - terms.objective.detach()
+        return terms._replace(objective=terms.objective + 0.0 * torch.sqrt(zero))
+
+    monkeypatch.setattr(training, "elbo_terms", nan_gradient)
+    with pytest.raises(NonFiniteLoss, match="gradient became nan in epoch 2, batch 3"):
+        resume(run, epochs=2)
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
+# README: "a save that fails later leaves the previous checkpoint intact".
+def test_a_save_that_fails_later_leaves_the_previous_checkpoint_intact(tiny_config, tmp_path,
+                                                                      monkeypatch):
+    import errno
+
+    run = train(tiny_config.replace(epochs=1), tmp_path / "run")
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
+    real = torch.save
+
+    def disk_full_halfway(obj, file, *args, **kwargs):
+        file.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full_halfway)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is "
+                                              "intact"):
+        resume(run, epochs=2)
+    monkeypatch.setattr(torch, "save", real)
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    resume(run, epochs=2)  # and the run goes on once there is space
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+# README: "give an unwritable ... output folder": reported before training starts.
+def test_an_output_folder_that_cannot_be_made_is_one_error(tiny_config, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(VaelabError, match="cannot create the run directory .*writable --out"):
+        train(tiny_config, blocker / "run")
+    assert blocker.read_text() == "not a folder"
+
+
+# README Likelihood: the IWAE run "stopped once by SIGTERM ... resumed, which reproduces an
+# uninterrupted run exactly (tested)": IWAE with dynamic binarization, stopped mid-epoch.
+def test_iwae_with_binarization_resumes_exactly_mid_epoch(tiny_config, tmp_path):
+    config = tiny_config.replace(iw_train=3, binarize="dynamic", kl_warmup=1, epochs=2)
+    straight = train(config, tmp_path / "straight")
+    stopped = tmp_path / "stopped"
+    with pytest.MonkeyPatch.context() as patch:
+        real, calls = training._step, []
+
+        def stop_at_step_5(state, *args):
+            calls.append(1)
+            if len(calls) == 5:
+                os.kill(os.getpid(), signal.SIGTERM)  # training's handler: stop after batch
+            return real(state, *args)
+
+        patch.setattr(training, "_step", stop_at_step_5)
+        with pytest.raises(TrainingInterrupted, match="in epoch 1 after batch 5"):
+            train(config, stopped)
+    resume(stopped)
+    assert_same_run(straight, stopped)
+
+
 def test_grad_clip_bounds_the_update(tiny_config, tmp_path, monkeypatch):
     norms = []
     real = torch.nn.utils.clip_grad_norm_
@@ -142,7 +252,7 @@ def test_grad_clip_bounds_the_update(tiny_config, tmp_path, monkeypatch):
 
 def test_two_processes_on_one_run_directory(long_config, tmp_path):
     run = tmp_path / "run"
-    first = start_training(run, long_config.replace(epochs=50))
+    first = start_training(run, long_config.replace(epochs=500))
     wait_for(lambda: epochs_logged(run) >= 1, first)
     for extra in (["--force"], []):
         second = subprocess.run([sys.executable, "-m", "vaelab", "train", "--quiet",

@@ -292,8 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_to_stderr()
     try:
         return args.handler(args)
-    except KeyboardInterrupt:  # train handles its own signals; elsewhere there is nothing to save
-        print(f"vaelab: {args.command} interrupted (Ctrl-C)", file=sys.stderr)
+    except KeyboardInterrupt:  # train's first Ctrl-C stops it cleanly; this is a second one
+        saved = "; its last.pt is as the last save left it" if args.command == "train" else ""
+        print(f"vaelab: {args.command} interrupted (Ctrl-C){saved}", file=sys.stderr)
         return 130
     except TrainingInterrupted as stopped:
         print(f"vaelab: {stopped}", file=sys.stderr)
