@@ -1,14 +1,16 @@
 """Each figure command on a run trained for 300 steps: PNG sizes, determinism, bad input."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vaelab import load_run, train
+from vaelab import load_run, plots, train
 from vaelab.cli import main
-from vaelab.data import Split, load_split
+from vaelab.data import Split, load_split, to_float
 from vaelab.errors import VaelabError
 from vaelab.generate import (
+    encode_means,
     interpolate,
     interpolation_path,
     pick_pairs,
@@ -131,3 +133,78 @@ def test_a_run_without_checkpoint_and_an_unwritable_folder(capsys, trained_run, 
     blocker.write_text("not a folder")
     code, _, err = cli(capsys, "sample", trained_run, "--out", blocker / "figures")
     assert code == 1 and "cannot write" in err and "--out" in err
+
+
+def pixels(path):
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def rendered(figure, path):
+    """The pixels of a figure made here from the functions behind the commands."""
+    return pixels(plots.save(figure, path))
+
+
+def digits(array):
+    """An image grid's digits without its title band (whose text names the options)."""
+    return array[plots.TITLE_PX:]
+
+
+def test_sample_draws_at_the_given_temperature(capsys, trained_run, tmp_path):
+    model = load_run(trained_run).model
+    figures = {}
+    for t in (0.5, 1.0):
+        code, out, err = cli(capsys, "sample", trained_run, "--out", tmp_path / str(t), "--n",
+                             4, "--seed", 3, "--temperature", t)
+        assert code == 0, err
+        figures[t] = pixels(out.strip())
+        expected = plots.samples(sample_prior(model, 4, t, 3), t)
+        assert np.array_equal(figures[t], rendered(expected, tmp_path / f"expected-{t}.png"))
+    assert not np.array_equal(digits(figures[0.5]), digits(figures[1.0]))
+
+
+def test_reconstruct_sample_decodes_a_posterior_draw_not_the_mean(capsys, trained_run,
+                                                                  tmp_path):
+    model = load_run(trained_run).model
+    originals = load_split("mnist", "val", load_run(trained_run).config.data_dir, 6).images
+    figures = {}
+    for flags in ([], ["--sample"], ["--sample", "--seed", 1]):
+        out_dir = tmp_path / "-".join(map(str, flags))
+        code, out, err = cli(capsys, "reconstruct", trained_run, "--out", out_dir, "--n", 6,
+                             *flags)
+        assert code == 0, err
+        figures[tuple(flags)] = pixels(out.strip())
+        sample, seed = "--sample" in flags, 1 if "--seed" in flags else 0
+        expected = plots.reconstructions(to_float(originals),
+                                         reconstruct(model, originals, sample, seed), sample)
+        assert np.array_equal(figures[tuple(flags)], rendered(expected, out_dir / "expected.png"))
+    mean, drawn, other = figures.values()
+    assert not np.array_equal(digits(mean), digits(drawn))
+    assert not np.array_equal(digits(drawn), digits(other))  # --seed picks the draw
+
+
+def test_latent_map_is_the_pca_of_the_posterior_means(capsys, trained_run, tmp_path):
+    run = load_run(trained_run)
+    val = load_split("mnist", "val", run.config.data_dir)
+    code, out, err = cli(capsys, "latent", trained_run, "--out", tmp_path)
+    assert code == 0, err
+    points = project_2d(encode_means(run.model, val.images))
+    expected = plots.latent_scatter(points, val.labels, "PCA")
+    assert np.array_equal(pixels(out.strip()), rendered(expected, tmp_path / "expected.png"))
+
+
+def test_pca_projection_equals_the_top_eigenvectors_of_the_covariance(trained_run, data_dir):
+    """project_2d against an eigendecomposition done here: the codes' coordinates along the
+    two largest-variance directions (each signed so that its first entry is >= 0)."""
+    codes = encode_means(load_run(trained_run).model,
+                         load_split("mnist", "val", data_dir, limit=2000).images)
+    centred = codes.double().numpy() - codes.double().numpy().mean(0)
+    variances, vectors = np.linalg.eigh(centred.T @ centred / (len(codes) - 1))
+    top = vectors[:, ::-1][:, :2] * np.where(vectors[0, ::-1][:2] < 0, -1.0, 1.0)
+    # float64 eigenvectors err by ~eps64 * largest / gap: far below float32's rounding
+    eps32, eps64 = np.finfo(np.float32).eps, np.finfo(np.float64).eps
+    assert variances[-2] - variances[-3] > eps64 / eps32 * variances[-1]
+    points = project_2d(codes).double().numpy()
+    # The float32 output is within half an ulp of each coordinate, |coordinate| <= |code|.
+    tolerance = eps32 * np.linalg.norm(centred, axis=1).max()
+    assert np.abs(points - centred @ top).max() <= tolerance

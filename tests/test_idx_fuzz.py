@@ -1,6 +1,7 @@
 """Fuzzing the IDX reader: any bytes give the right array or a DataError, within bounded memory."""
 
 import gzip
+import math
 import struct
 import tracemalloc
 
@@ -59,6 +60,34 @@ def test_plausible_headers_with_any_sizes(tmp_path, ndim, dims, payload, gzipped
         assert array.tobytes() == payload
     else:
         assert array is None
+
+
+@st.composite
+def consistent_idx(draw):
+    """A header of small sizes and a payload of exactly the bytes it declares."""
+    dims = draw(st.lists(st.integers(0, 12), min_size=1, max_size=1).map(tuple) | st.lists(
+        st.integers(0, 12), min_size=3, max_size=3).map(tuple))
+    payload = draw(st.binary(min_size=math.prod(dims), max_size=math.prod(dims)))
+    return dims, payload
+
+
+def test_headers_matching_their_payload_give_that_array_byte_for_byte(tmp_path):
+    sizes = []
+
+    @fuzz
+    @given(idx=consistent_idx(), gzipped=st.booleans())
+    def check(idx, gzipped):
+        dims, payload = idx
+        data = bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + payload
+        justified = write(tmp_path / "f", data, gzipped)
+        array, peak = read_with_peak(tmp_path / "f")
+        assert peak < justified + SLACK
+        assert array is not None and array.dtype == np.uint8 and array.shape == dims
+        assert array.tobytes() == payload
+        sizes.append(array.size)
+
+    check()
+    assert sum(size > 0 for size in sizes) > len(sizes) // 2  # mostly non-empty arrays
 
 
 def test_a_gzip_bomb_header_is_refused_quickly(tmp_path):

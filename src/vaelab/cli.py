@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("test", "train"), default="test",
                           help="the 10,000 test images (the validation set) or the training set")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
+    evaluate.add_argument("--exact", action="store_true",
+                          help="also integrate log p(x) over z on a grid (latent sizes 1 and 2) "
+                               "and report how far the estimate is from it")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=run_evaluate)
     explore = commands.add_parser(
@@ -176,7 +179,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     result, path = write_evaluation(args.run, args.iw_samples, args.split, args.limit,
                                     args.seed, args.checkpoint, args.device, args.data_dir,
-                                    progress=False if args.quiet else None)
+                                    progress=False if args.quiet else None, exact=args.exact)
     k, stderr = result["iw_samples"], result["nll_stderr"]
     rows = [(f"-log p(x), IW K={k}", result["nll"], stderr),
             ("-ELBO", result["neg_elbo"], result["neg_elbo_stderr"]),
@@ -187,6 +190,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for name, value, error in rows:
         print(f"{name:22}  {value:>10.2f}  {'' if error is None else f'{error:8.2f}':>8}")
     print(f"{'-log p(x), bits/dim':22}  {result['nll_bits_per_dim']:>10.4f}")
+    if "exact_nll" in result:
+        print(f"{'-log p(x), exact':22}  {result['exact_nll']:>10.2f}  "
+              f"{result['exact_nll_stderr']:8.2f}  (quadrature over z)")
+        print(f"{'  estimate short by':22}  {result['exact_gap_mean']:>10.4f}  on average; "
+              f"{100 * result['exact_share_off']:.1f}% of images off by more than 0.05; worst "
+              f"{result['exact_gap_worst']:.3f} (image {result['exact_gap_worst_image']})")
     print(f"{'active units':22}  {result['active_units']:>6} of {result['latent_dim']}")
     if "pixel_entropy" in result:
         print(f"{'grayscale floor':22}  {result['pixel_entropy']:>10.2f}  (pixel entropy)")

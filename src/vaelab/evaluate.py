@@ -25,6 +25,7 @@ from .losses import (
     log_importance_weights,
 )
 from .model import VAE
+from .quadrature import check_exact_possible, compare_with_estimate
 from .runs import eval_path, load_run
 
 log = logging.getLogger(__name__)
@@ -131,17 +132,23 @@ def pixel_entropy(images: torch.Tensor) -> float:
 
 
 def evaluate_run(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
-                 progress: bool = False) -> dict[str, float]:
-    """The numbers of `vaelab evaluate`, timed."""
+                 progress: bool = False, exact: bool = False) -> dict[str, float]:
+    """The numbers of `vaelab evaluate`, timed; with `exact`, also log p(x) by quadrature
+    beside the estimate (latent sizes 1 and 2)."""
     started = time.perf_counter()
-    result = summarize(log_likelihood_iw(model, images, samples, seed, progress))
-    return {"iw_samples": samples, **result, "seconds": time.perf_counter() - started}
+    estimates = log_likelihood_iw(model, images, samples, seed, progress)
+    result = {"iw_samples": samples, **summarize(estimates)}
+    if exact:
+        log.info("integrating log p(x) of %d images on a grid (--exact)", len(images))
+        result.update(compare_with_estimate(model, images, estimates["log_px"], progress))
+    return {**result, "seconds": time.perf_counter() - started}
 
 
 def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
                      limit: int | None = None, seed: int = 0, checkpoint: str = "best",
                      device: str | None = None, data_dir: str | None = None,
-                     progress: bool | None = None) -> tuple[dict[str, Any], Path]:
+                     progress: bool | None = None, exact: bool = False
+                     ) -> tuple[dict[str, Any], Path]:
     """Evaluate a run's checkpoint on its test (or training) images; write RUN/eval.json
     (eval-train.json) atomically and return the numbers with the file's path."""
     if samples < 1:
@@ -149,6 +156,8 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
     if limit is not None and limit < 1:
         raise VaelabError(f"--limit {limit} is not allowed: it must be at least 1")
     run = load_run(run_dir, checkpoint, device)
+    if exact:
+        check_exact_possible(run.config.latent_dim)
     config = run.config.replace(data_dir=data_dir or run.config.data_dir)
     data = load_split(config.dataset, "val" if split == "test" else "train", config.data_dir,
                       limit)
@@ -161,7 +170,7 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
     result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
               "checkpoint_sha256": run.checkpoint_sha256,
               "dataset": config.dataset, "binarize": config.binarize,
-              **evaluate_run(run.model, images, samples, seed, show)}
+              **evaluate_run(run.model, images, samples, seed, show, exact)}
     if config.binarize == "none":
         result["pixel_entropy"] = pixel_entropy(images)
     path = eval_path(run.path, split)

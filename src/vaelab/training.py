@@ -225,7 +225,8 @@ def _kl_weight_now(state: TrainingState) -> float:
 
 def learning_rate(config: Config, step: int, total_steps: int) -> float:
     """The constant lr, or one-cycle: a cosine rise from lr/25 to lr over the first 30% of
-    the steps, then a cosine decay to lr/10^4 at the last step (Smith & Topin 2019)."""
+    the steps, then a cosine decay towards lr/10^4, reached at step `total_steps` (one past the
+    last step taken, so the last step's lr is a little above it) (Smith & Topin 2019)."""
     if config.schedule == "constant":
         return config.lr
     warmup = 0.3 * total_steps
