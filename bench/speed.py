@@ -40,7 +40,8 @@ def peak_memory_mb() -> float:
 
 
 def seed_style_loop(data_dir: Path, max_epochs: int) -> dict:
-    """What the seed's notebook does, with vaelab's model so only the loop differs."""
+    """What the seed's notebook does, with vaelab's model so only the loop differs (on the GPU
+    when there is one, as pytorch/examples' vae does)."""
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
@@ -62,10 +63,12 @@ def seed_style_loop(data_dir: Path, max_epochs: int) -> dict:
     train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=64)
     torch.manual_seed(0)
-    model = VAE(20)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as the examples do
+    model = VAE(20).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def loss_sum(x):
+        x = x.to(device)
         logits, _, mu, logvar = model(x)
         recon = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="sum")
         return recon + kl_standard_normal(mu, logvar).sum()

@@ -141,10 +141,11 @@ def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precisi
 
 
 @pytest.mark.parametrize("supported", [True, False])
-def test_precision_auto_on_cuda_asks_the_gpu(monkeypatch, supported):
+def test_precision_auto_is_fp32_on_gpus(monkeypatch, supported):
+    """bf16 measured slower for this model on an H100 (state.uses_bf16's docstring)."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
-    monkeypatch.setattr(vaelab.state, "_cpu_has_native_bf16", lambda: not supported)
-    assert uses_bf16("auto", torch.device("cuda")) is supported
+    monkeypatch.setattr(vaelab.state, "_cpu_has_native_bf16", lambda: True)
+    assert uses_bf16("auto", torch.device("cuda")) is False
     assert uses_bf16("auto", torch.device("mps")) is False
 
 

@@ -23,9 +23,10 @@ if TYPE_CHECKING:  # torch is imported where it is used, so the CLI's help start
 RECIPES: dict[str, dict[str, Any]] = {
     "seed": {},  # the seed's own settings, which are the defaults
     # Reaches the seed's final validation loss soonest (bench/speed.py): the seed's batch with
-    # a 10x peak learning rate, one-cycle annealed over 2 epochs, bf16 where the chip has it
-    # natively, torch.compile on CUDA.
-    "fast": dict(lr=1e-2, schedule="onecycle", epochs=2, precision="auto", compile="auto"),
+    # a 10x peak learning rate, one-cycle annealed over 2 epochs, bf16 on CPUs that compute it
+    # natively. No torch.compile: on an H100 this small model is launch-bound at batch 64, and
+    # compile (and bf16) measured slower per epoch there (bench/gpu_check.sh, README "Speed").
+    "fast": dict(lr=1e-2, schedule="onecycle", epochs=2, precision="auto"),
 }
 
 
@@ -59,9 +60,11 @@ class Config:
         "measured up to 2x faster on CPU here (bench/speed.py)")
     precision: Literal["fp32", "bf16", "auto"] = setting(
         "fp32", "fp32 (the seed's); bf16 autocasts convolutions and matmuls (the loss stays "
-        "fp32); auto = bf16 where the chip computes it natively, else fp32")
+        "fp32); auto = bf16 on a CPU that computes it natively (measured faster there), "
+        "else fp32 (on an H100 this small model measured slower in bf16)")
     compile: Literal["off", "on", "auto"] = setting(
-        "off", "torch.compile the model: slow to start, faster per step; auto = on for CUDA")
+        "off", "torch.compile the model: slow to start; auto = on for CUDA (for this small "
+        "model it measured slower per epoch on an H100: off is the default)")
     grad_clip: float | None = setting(
         None, "clip the gradient's total norm to this; unset = no clipping, as the seed")
     seed: int = setting(0, "seeds Python, NumPy and torch, shuffling and sampling included")
