@@ -4,7 +4,7 @@ VENV ?= .venv
 RUN ?= runs/seed-defaults
 BIN := $(VENV)/bin
 
-.PHONY: train test test-slow clean
+.PHONY: train test test-cpus test-slow clean
 
 # The venv is rebuilt when pyproject.toml changes; a stamp per extra avoids reinstalling.
 $(VENV)/.installed-core: pyproject.toml
@@ -35,8 +35,26 @@ test: $(VENV)/.installed-test
 	@scripts/ensure-chromium $(BIN)/python
 	$(BIN)/python -m pytest
 
+# The numerically sensitive tests again with the kernels of lesser CPUs: torch's AVX2 and plain
+# code paths, oneDNN's AVX2 and SSE4.1 convolutions. A tolerance that holds on one CPU only
+# fails here rather than on a user's machine.
+NUMERIC_TESTS = tests/test_losses.py tests/test_model.py tests/test_train.py \
+	tests/test_evaluate.py tests/test_quadrature.py
+test-cpus: $(VENV)/.installed-test
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)
+
 test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+.PHONY: mutation
+# Mutation testing (mutmut, [tool.mutmut] in pyproject.toml) of losses/evaluate/config/data.
+mutation: $(VENV)/.installed-test
+	@test -x $(BIN)/mutmut || $(BIN)/pip install --quiet 'mutmut>=3.8,<4'
+	rm -rf mutants
+	VAELAB_DATA_DIR=$${VAELAB_DATA_DIR:-$(abspath ../shared/data)} OMP_NUM_THREADS=1 \
+		$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results

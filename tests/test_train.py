@@ -55,6 +55,8 @@ def test_load_run_rebuilds_the_same_model(tiny_config, tmp_path):
     assert torch.equal(run.model.encode(x)[0], load_run(run_dir, "last").model.encode(x)[0])
 
 
+# README "Use it from Python": "On a CPU a resumed run equals an uninterrupted one bit for bit
+# (tested)". Mid-epoch stops: tests/test_robustness.py.
 def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path):
     config = tiny_config.replace(batch_size=48)  # 512 = 10 full batches + one of 32
     straight = train(config.replace(epochs=2), tmp_path / "straight")
