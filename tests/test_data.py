@@ -79,6 +79,8 @@ def test_read_idx_round_trip_gzipped_or_not(tmp_path):
     assert np.array_equal(read_idx(plain), array) and np.array_equal(read_idx(zipped), array)
 
 
+# README "Data": "Every file is checked on load (magic number, dimensions, length, images
+# and labels agreeing, labels 0-9)": this test and the four after it.
 @pytest.mark.parametrize("damage, words", [
     (lambda b: b[:-100], "truncated"),
     (lambda b: b + b"\0", "bytes after"),

@@ -35,6 +35,8 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+# README: missing files are "downloaded ... and MD5-checked", "moved into place only once
+# verified": this test and the next.
 def test_missing_files_are_downloaded_and_checked(mirror, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_MIRRORS", f"{mirror}/good/")
     target = tmp_path / "fresh"

@@ -45,6 +45,8 @@ def test_arbitrary_bytes(tmp_path, data, gzipped):
         assert array.dtype == np.uint8 and array.tobytes() == data[4 + 4 * array.ndim:]
 
 
+# README "What happens when...": "a header is checked against what the file can hold before
+# anything is allocated".
 @fuzz
 @given(ndim=st.sampled_from([1, 3]), dims=st.lists(st.integers(0, 2**32 - 1), min_size=3,
                                                    max_size=3),

@@ -289,6 +289,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tiny_config,
     assert not marker.exists() and (run / "best.pt").read_bytes() == good
 
 
+# README "What happens when...": "Checkpoints carry a format version that is checked".
 def test_checkpoint_format_version_is_checked(tiny_config, tmp_path):
     run = train(tiny_config, tmp_path / "run")
     payload = torch.load(run / "last.pt", weights_only=True)
