@@ -86,6 +86,56 @@ def test_the_app_in_a_real_browser(served, browser, data_dir, tmp_path):
     page.close()
 
 
+def slider_value(page, number):
+    return float(page.locator(f"#slider-{number} input[type=number]").input_value())
+
+
+def test_the_other_controls_in_a_real_browser(served, browser, data_dir):
+    """Reset, the class dropdowns, the latent-map tab and drawing with the mouse."""
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(served, timeout=120_000)
+    page.wait_for_selector("#slider-image img", timeout=60_000)
+    start = slider_value(page, 1)
+    set_number(page, "#slider-1", 3.5)
+    page.wait_for_function("document.querySelector('#slider-1 input[type=number]').value"
+                           " === '3.5'")
+    page.locator("#reset").click()
+    page.wait_for_function(f"Math.abs(document.querySelector('#slider-1 input[type=number]')"
+                           f".value - {start}) < 1e-9", timeout=30_000)
+
+    page.get_by_role("tab", name="Interpolation").click()
+    labels = load_split("mnist", "val", data_dir).labels
+    first_three = int((labels == 3).nonzero()[0])
+    page.locator("#from-digit input").click()
+    page.get_by_role("option", name="3", exact=True).click()
+    page.wait_for_function(f"Array.from(document.querySelectorAll('input[type=number]'))"
+                           f".some(box => box.value === '{first_three}')", timeout=30_000)
+
+    page.get_by_role("tab", name="Latent map").click()
+    page.wait_for_function("(() => { const i = document.querySelector('#full-map img');"
+                           " return i && i.complete && i.naturalWidth > 0; })()",
+                           timeout=30_000)
+
+    page.get_by_role("tab", name="Encode your own").click()
+    page.locator("#sketch button[aria-label='Brush']").first.click()  # as a user must
+    canvas = page.locator("#sketch canvas").last
+    canvas.wait_for(timeout=30_000)
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    for step in range(1, 21):  # a vertical stroke: a "1"
+        page.mouse.move(box["x"] + box["width"] * 0.5,
+                        box["y"] + box["height"] * (0.2 + 0.6 * step / 20))
+    page.mouse.up()
+    page.locator("#encode-drawing").click()
+    page.wait_for_function("document.querySelector('#encode-status').innerText"
+                           ".includes('Nearest validation digits')", timeout=30_000)
+    changed(page, "#encoded-reconstruction", None)
+    nearest = page.locator("#encode-status").inner_text().split(":")[1]
+    assert "1" in nearest  # a vertical stroke lands among the ones
+    page.close()
+
+
 def test_a_port_in_use_is_a_one_line_error(capsys, trained_run):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
