@@ -130,6 +130,9 @@ def test_evaluate_exact_reports_the_gap(small_latent_run, capsys):
     # the IW estimate is a stochastic lower bound: on average it falls short, never far above
     assert result["exact_gap_mean"] > -0.05
     assert result["exact_nll"] == pytest.approx(result["nll"] - result["exact_gap_mean"])
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert "exact (quadrature over z)" in html and f"{result['exact_nll']:.2f}" in html
 
 
 def test_evaluate_exact_is_refused_for_larger_latent_spaces(capsys, trained_run):

@@ -211,9 +211,19 @@ def _evaluation_section(run: Run) -> list[str]:
              result["nll_stderr"]],
             ["−ELBO", result["neg_elbo"], result["neg_elbo_stderr"]],
             ["  reconstruction", result["recon"], "—"], ["  KL", result["kl"], "—"]]
+    if "exact_nll" in result:
+        rows.insert(1, ["−log p(x), exact (quadrature over z)", result["exact_nll"],
+                        result["exact_nll_stderr"]])
     if "pixel_entropy" in result:
         rows.append(["grayscale floor (pixel entropy)", result["pixel_entropy"], "—"])
     table = _table(["nats per image", "mean", "± standard error"], rows)
+    if "exact_nll" in result:
+        table += (f"<p>The estimate falls short of the exact value by "
+                  f"{result['exact_gap_mean']:.3f} nats on average (median "
+                  f"{result['exact_gap_median']:.4f}); "
+                  f"{100 * result['exact_share_off']:.1f}% of images are off by more than 0.05 "
+                  f"nats, the worst by {result['exact_gap_worst']:.2f} (image "
+                  f"{result['exact_gap_worst_image']}).</p>")
     units = (f"<p>{result['active_units']} of {result['latent_dim']} latent units active; "
              f"median effective sample size {result['effective_samples_median']:.0f} of "
              f"{result['iw_samples']:,}.</p>")
