@@ -59,3 +59,117 @@ def test_every_field_has_a_train_flag_with_its_reason():
         action = flags["--" + f.name.replace("_", "-")]
         assert action.dest == f.name
         assert f"{f.metadata['help']} (default: {f.default})" in rendered, f.name
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("kl_warmup", -1, "must be >= 0 epochs"),
+    ("grad_clip", 0.0, "must be a finite number > 0, or unset"),
+    ("grad_clip", -1.0, "must be a finite number > 0, or unset"),
+    ("grad_clip", math.inf, "must be a finite number > 0, or unset"),
+    ("seed", -1, "must be >= 0"),
+    ("lr", 0.0, "must be a finite number > 0, e.g. 1e-3"),
+    ("beta", math.inf, "must be a finite number >= 0"),
+    ("iw_train", 0, "must be at least 1"),
+    ("limit_val", 0, "must be at least 1, or unset for all images"),
+    ("device", "cuda:x", "auto, cpu, mps, cuda or cuda:N"),
+    ("lr", "fast", "expected a float"),
+    ("latent_dim", 2.0, "expected an int"),
+    ("schedule", "linear", "one of constant, onecycle"),
+])
+def test_each_rule_gives_the_whole_one_line_message(field, value, rule):
+    with pytest.raises(ConfigError) as caught:
+        Config(**{field: value})
+    flag = "--" + field.replace("_", "-")
+    assert str(caught.value) == f"{field} = {value!r} is not allowed ({flag}): {rule}"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("kl_warmup", 0), ("grad_clip", 0.5), ("grad_clip", None), ("seed", 0), ("beta", 0.0),
+    ("limit_train", 1), ("limit_val", 1), ("iw_train", 1), ("device", "cuda:1"),
+    ("data_dir", None), ("lr", 1e-300),
+])
+def test_boundary_values_are_accepted(field, value):
+    assert getattr(Config(**{field: value}), field) == value
+
+
+def test_an_optional_field_set_is_still_type_checked_after_unset_ones():
+    """data_dir (optional, unset) comes before limit_train: the check goes on past it."""
+    with pytest.raises(ConfigError, match="limit_val = '5' is not allowed"):
+        Config(limit_val="5")
+    with pytest.raises(ConfigError, match="data_dir = 3 is not allowed"):
+        Config(data_dir=3)
+
+
+def test_unknown_keys_are_listed_with_the_known_ones():
+    with pytest.raises(ConfigError) as caught:
+        Config.from_dict({"zeta": 1, "alpha": 2})
+    known = ", ".join(sorted(f.name for f in dataclasses.fields(Config)))
+    assert str(caught.value) == (f"unknown config field(s) alpha, zeta; known fields are {known}")
+
+
+def test_replace_changes_only_the_named_fields():
+    config = Config(latent_dim=3)
+    assert config.replace(epochs=2) == Config(latent_dim=3, epochs=2)
+    assert config.replace() == config
+
+
+def test_recipes_fill_in_what_is_not_set():
+    from vaelab.config import RECIPES, from_recipe
+
+    assert from_recipe() == Config() == from_recipe("seed")
+    fast = from_recipe("fast", epochs=5)
+    assert fast == Config(**{**RECIPES["fast"], "epochs": 5}) and fast.lr == 1e-2
+    with pytest.raises(ConfigError) as caught:
+        from_recipe("slow")
+    assert str(caught.value) == "recipe 'slow' is unknown: choose one of seed, fast"
+
+
+def test_field_kinds_for_the_cli():
+    from vaelab.config import field_kind
+
+    assert field_kind("dataset") == (str, ("mnist", "fashion-mnist", "kmnist"), False)
+    assert field_kind("grad_clip") == (float, None, True)
+    assert field_kind("limit_val") == (int, None, True)
+    assert field_kind("epochs") == (int, None, False)
+
+
+def test_resolve_device_on_a_cpu_only_machine(monkeypatch):
+    import torch
+
+    from vaelab.config import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:0", "mps"):
+        with pytest.raises(ConfigError) as caught:
+            resolve_device(name)
+        assert str(caught.value) == (f"device {name!r} is not available on this machine; "
+                                     "use --device auto (or cpu)")
+    with pytest.raises(ConfigError) as caught:
+        resolve_device("gpu")
+    assert str(caught.value) == ("device 'gpu' is not one vaelab can use (--device): "
+                                 "auto, cpu, mps, cuda or cuda:N")
+
+
+def test_resolve_device_prefers_cuda_then_mps_and_checks_the_index(monkeypatch):
+    import torch
+
+    from vaelab.config import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device("mps") == torch.device("mps")
+    with pytest.raises(ConfigError, match="'cuda:2' is not available"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda")  # no index: device 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("mps")
+    with pytest.raises(ConfigError, match="'cuda' is not available"):
+        resolve_device("cuda")

@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -164,3 +165,243 @@ def test_find_files_prefers_torchvision_layout(data_dir, tmp_path):
 
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_binarize_keeps_black_and_white_and_samples_gray_by_intensity():
+    """0 stays 0 and 255 stays 255; a pixel of intensity p is 255 with probability p, so the
+    share of 255s among N gray pixels is within 5 standard errors sqrt(p(1-p)/N) of p."""
+    from vaelab.data import binarize
+
+    images = torch.tensor([0, 255, 64], dtype=torch.uint8).repeat_interleave(20_000)
+    out = binarize(images.view(-1, 1, 1, 1), seed=3).flatten()
+    assert out.dtype == torch.uint8 and set(out.unique().tolist()) == {0, 255}
+    assert (out[:20_000] == 0).all() and (out[20_000:40_000] == 255).all()
+    p, n = 64 / 255, 20_000
+    share = (out[40_000:] == 255).double().mean().item()
+    assert abs(share - p) < 5 * (p * (1 - p) / n) ** 0.5
+    assert torch.equal(out, binarize(images.view(-1, 1, 1, 1), seed=3).flatten())
+    assert not torch.equal(out, binarize(images.view(-1, 1, 1, 1), seed=4).flatten())
+
+
+def test_training_and_validation_images_by_binarization_mode(data_dir):
+    from vaelab import Config
+    from vaelab.data import TEST_BINARIZATION_SEED, binarize, training_images, validation_images
+
+    split = load_split("mnist", "val", data_dir, limit=20)
+    gray, static, dynamic = (Config(binarize=mode, seed=6) for mode in ("none", "static",
+                                                                       "dynamic"))
+    assert training_images(gray, split) is split.images
+    assert training_images(dynamic, split) is split.images  # binarized per batch instead
+    assert torch.equal(training_images(static, split), binarize(split.images, 7))
+    assert validation_images(gray, split) is split.images
+    shared = binarize(split.images, TEST_BINARIZATION_SEED)
+    assert torch.equal(validation_images(static, split), shared)
+    assert torch.equal(validation_images(dynamic, split), shared)
+
+
+def test_load_data_and_validation_split_follow_the_config(data_dir, tmp_path, monkeypatch):
+    from vaelab import Config
+    from vaelab.data import load_data, validation_split
+
+    monkeypatch.setenv("VAELAB_DATA_DIR", str(tmp_path / "elsewhere"))  # the config's wins
+    monkeypatch.setenv("VAELAB_MIRRORS", "http://127.0.0.1:9/")  # and nothing is downloaded
+
+    config = Config(data_dir=str(data_dir), limit_train=7, limit_val=5)
+    train, val = load_data(config)
+    assert torch.equal(train.images, load_split("mnist", "train", data_dir, 7).images)
+    assert torch.equal(val.images, load_split("mnist", "val", data_dir, 5).images)
+    assert len(validation_split(config)) == 10_000
+    moved = config.replace(data_dir=str(tmp_path / "gone"))
+    assert torch.equal(validation_split(moved, data_dir).labels,
+                       load_split("mnist", "val", data_dir).labels)
+    copy_files(data_dir, tmp_path / "fashion" / "FashionMNIST" / "raw",
+               names=["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
+    fashion = Config(dataset="fashion-mnist", data_dir=str(tmp_path / "fashion"))
+    assert len(validation_split(fashion)) == 10_000  # found under FashionMNIST/raw
+
+
+def test_offline_with_downloads_off_names_the_missing_files(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load_split("mnist", "val", tmp_path, download=False)
+    assert str(caught.value) == (
+        f"mnist: t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] not found in "
+        f"{tmp_path} or its MNIST/raw/ (downloads are off); point --data-dir or "
+        "$VAELAB_DATA_DIR at the folder holding them")
+
+
+def test_find_files_looks_in_raw_for_plain_and_gzipped_names(data_dir, tmp_path):
+    copy_files(data_dir, tmp_path / RAW, gunzip=True)
+    found = find_files("mnist", tmp_path)
+    assert found["t10k-labels-idx1-ubyte"] == tmp_path / RAW / "t10k-labels-idx1-ubyte"
+    copy_files(data_dir, tmp_path / RAW, names=["t10k-labels-idx1-ubyte.gz"])
+    found = find_files("mnist", tmp_path)
+    assert found["t10k-labels-idx1-ubyte"] == tmp_path / RAW / "t10k-labels-idx1-ubyte.gz"
+
+
+def test_label_9_is_accepted_and_errors_name_the_right_file(data_dir, tmp_path):
+    copy_files(data_dir, tmp_path, names=["t10k-images-idx3-ubyte.gz"])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(10_000, 9, dtype=np.uint8))
+    assert (load_split("mnist", "val", tmp_path, download=False).labels == 9).all()
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(10_000, 10, dtype=np.uint8))
+    with pytest.raises(DataError) as caught:
+        load_split("mnist", "val", tmp_path, download=False)
+    assert str(caught.value).startswith(f"{tmp_path / 't10k-labels-idx1-ubyte'}: holds label 10")
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros((10_000, 1, 1), dtype=np.uint8))
+    with pytest.raises(DataError) as caught:
+        load_split("mnist", "val", tmp_path, download=False)
+    assert str(caught.value) == (f"{tmp_path / 't10k-labels-idx1-ubyte'}: holds shape "
+                                 "(10000, 1, 1), expected a list of labels")
+
+
+def test_a_changed_file_is_read_again(tmp_path):
+    """The cache is keyed by the file's size and mtime: rewriting it is seen at once."""
+    from vaelab.data import _cached_idx
+
+    path = write_idx(tmp_path / "labels", np.zeros(4, dtype=np.uint8))
+    assert _cached_idx(path).tolist() == [0, 0, 0, 0]
+    stat = path.stat()
+    write_idx(path, np.ones(4, dtype=np.uint8))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert _cached_idx(path).tolist() == [1, 1, 1, 1]
+    write_idx(path, np.full(5, 2, dtype=np.uint8))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same mtime, new size
+    assert _cached_idx(path).tolist() == [2] * 5
+
+
+def test_an_uncompressed_file_may_declare_exactly_its_own_size(tmp_path):
+    """The allocation budget of a plain file is its size: a header declaring no more than
+    the payload reads; one extra byte of payload is refused as trailing bytes."""
+    path = write_idx(tmp_path / "f", np.arange(6, dtype=np.uint8))
+    assert read_idx(path).tolist() == list(range(6))
+    path.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 3) + bytes(4))
+    with pytest.raises(DataError, match="has bytes after its declared shape"):
+        read_idx(path)
+    path.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 2) + bytes(3))
+    with pytest.raises(DataError, match="has bytes after its declared shape"):
+        read_idx(path)
+
+
+def fake_downloads(monkeypatch, data_dir, outcomes):
+    """Replace torchvision's download_url: each call takes the next outcome (an exception to
+    raise, or None to copy the real file) and records its arguments and the socket timeout."""
+    import socket
+
+    from torchvision.datasets import utils
+
+    calls = []
+
+    def download_url(url, root, filename, md5):
+        calls.append((url, Path(root), filename, md5, socket.getdefaulttimeout()))
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        shutil.copy(data_dir / RAW / filename, Path(root) / filename)
+
+    monkeypatch.setattr(utils, "download_url", download_url)
+    return calls
+
+
+def test_downloads_try_mirrors_in_order_under_a_timeout_then_restore_it(
+        data_dir, tmp_path, monkeypatch):
+    import socket
+    import urllib.error
+
+    monkeypatch.setenv("VAELAB_MIRRORS", "http://a.example/MNIST-X/,http://b.example")
+    calls = fake_downloads(monkeypatch, data_dir,
+                              [urllib.error.URLError("refused"), None, None])
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(7.5)
+    try:
+        val = load_split("mnist", "val", tmp_path / "fresh")
+        assert socket.getdefaulttimeout() == 7.5  # put back after the downloads
+    finally:
+        socket.setdefaulttimeout(previous)
+    assert len(val) == 10_000
+    assert [call[0] for call in calls] == [
+        "http://a.example/MNIST-X/t10k-images-idx3-ubyte.gz",
+        "http://b.example/t10k-images-idx3-ubyte.gz",
+        "http://a.example/MNIST-X/t10k-labels-idx1-ubyte.gz"]  # each file starts at the first
+    assert all(call[4] == 30.0 for call in calls)  # fetch's default timeout, in seconds
+    assert [call[2] for call in calls] == ["t10k-images-idx3-ubyte.gz"] * 2 + [
+        "t10k-labels-idx1-ubyte.gz"]
+    assert calls[0][3] == md5(data_dir / RAW / "t10k-images-idx3-ubyte.gz")
+    assert calls[0][1].name.startswith("vaelab-download-")
+
+
+def test_when_every_mirror_fails_each_reason_is_given(data_dir, tmp_path, monkeypatch):
+    import urllib.error
+
+    monkeypatch.setenv("VAELAB_MIRRORS", "http://a.example,http://b.example,http://c.example")
+    fake_downloads(monkeypatch, data_dir, [urllib.error.URLError("refused"),
+                                           RuntimeError("File not found or corrupted."),
+                                           TimeoutError("timed out")])
+    with pytest.raises(DataError) as caught:
+        load_split("mnist", "val", tmp_path / "fresh")
+    assert ("(download of t10k-images-idx3-ubyte.gz failed: a.example: refused; b.example: "
+            "MD5 mismatch (corrupt copy); c.example: timed out)") in str(caught.value)
+
+
+def test_a_download_that_cannot_be_saved_names_the_folder(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAELAB_MIRRORS", "http://a.example")
+    fake_downloads(monkeypatch, data_dir, [None])
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the data folder should be")
+    with pytest.raises(DataError) as caught:
+        load_split("mnist", "val", blocked)
+    assert str(caught.value).startswith("cannot save the downloaded t10k-images-idx3-ubyte.gz "
+                                        f"into {blocked / RAW} (")
+    assert str(caught.value).endswith(" (Not a directory); point --data-dir at a writable folder")
+
+
+def test_without_vaelab_mirrors_torchvisions_own_are_used(data_dir, tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    monkeypatch.delenv("VAELAB_MIRRORS", raising=False)
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://own.example/mnist/"])
+    calls = fake_downloads(monkeypatch, data_dir, [None, None])
+    assert len(load_split("mnist", "val", tmp_path / "fresh")) == 10_000
+    assert calls[0][0] == "http://own.example/mnist/t10k-images-idx3-ubyte.gz"
+
+
+def header(*dims: int) -> bytes:
+    return bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_a_plain_file_may_declare_at_most_its_own_size(tmp_path):
+    """Uncompressed, the budget is the file's size: one byte more is refused before reading;
+    exactly the file's size (impossible with the header in it) is read and found short."""
+    path = tmp_path / "f"
+    path.write_bytes(header(19) + bytes(10))  # an 18-byte file declaring 19 bytes
+    with pytest.raises(DataError, match="more than the file can hold"):
+        read_idx(path)
+    path.write_bytes(header(18) + bytes(10))  # declaring exactly the file's 18 bytes
+    with pytest.raises(DataError, match=r"truncated \(10 of 18 expected bytes\)"):
+        read_idx(path)
+
+
+def test_a_truncated_header_names_the_file(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(header(3, 28, 28)[:9])
+    with pytest.raises(DataError) as caught:
+        read_idx(path)
+    assert str(caught.value).startswith(f"{path}: truncated (5 of 12 expected bytes)")
+
+
+def test_trailing_bytes_after_more_than_one_read_chunk(tmp_path):
+    """The payload is read in 1 MiB chunks, each no larger than what is still declared."""
+    size = (1 << 20) + 10
+    path = tmp_path / "f"
+    path.write_bytes(header(size) + bytes(size) + b"\1")
+    with pytest.raises(DataError, match="has bytes after its declared shape"):
+        read_idx(path)
+    path.write_bytes(header(size) + bytes(size))
+    assert read_idx(path).shape == (size,)
+
+
+def test_wrong_image_shape_names_the_image_file(data_dir, tmp_path):
+    copy_files(data_dir, tmp_path, names=["t10k-labels-idx1-ubyte.gz"])
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10_000, 28, 27), dtype=np.uint8))
+    with pytest.raises(DataError) as caught:
+        load_split("mnist", "val", tmp_path, download=False)
+    assert str(caught.value) == (f"{tmp_path / 't10k-images-idx3-ubyte'}: holds shape "
+                                 "(10000, 28, 27), expected N x 28 x 28 images")

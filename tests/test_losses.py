@@ -50,3 +50,76 @@ def test_elbo_terms_add_up_and_beta_weights_only_the_objective():
     assert torch.allclose(terms.loss, terms.recon + terms.kl)
     assert torch.allclose(terms.objective, terms.recon + 0.25 * terms.kl)
     assert all(t.shape == (5,) for t in terms)
+
+
+def test_totals_sum_per_image_terms_and_give_both_averaging_conventions():
+    """Sums of 5 + 3 images in float64; batch_loss is the total over ceil(8 / 5) = 2 batches.
+    The values are small integers and halves, exact in float32 and float64, hence ==."""
+    from vaelab.losses import ELBOTerms, Totals
+
+    totals = Totals(torch.device("cpu"))
+    assert totals.sums.dtype == torch.float64 and totals.sums.tolist() == [0.0, 0.0, 0.0]
+    assert totals.images == 0
+    first = ELBOTerms(torch.tensor([3.0, 4, 5, 6, 7]), torch.tensor([1.0, 1, 2, 2, 3]),
+                      torch.tensor([2.0, 3, 3, 4, 4]), torch.zeros(5))
+    second = ELBOTerms(torch.tensor([1.5, 2.5, 5.0]), torch.tensor([0.5, 0.5, 1.0]),
+                       torch.tensor([1.0, 2.0, 4.0]), torch.zeros(3))
+    totals.add(first)
+    totals.add(second)
+    assert totals.images == 8 and totals.sums.tolist() == [34.0, 11.0, 23.0]
+    assert totals.means("val", batch_size=5) == {
+        "val_loss": 34 / 8, "val_recon": 11 / 8, "val_kl": 23 / 8, "val_batch_loss": 34 / 2}
+    assert totals.means("train", batch_size=1)["train_batch_loss"] == 34 / 8
+
+
+def test_totals_of_nothing_are_zero_not_a_division_error():
+    from vaelab.losses import Totals
+
+    assert Totals(torch.device("cpu")).means("val", 64) == {
+        "val_loss": 0.0, "val_recon": 0.0, "val_kl": 0.0, "val_batch_loss": 0.0}
+
+
+def test_totals_of_one_image_average_over_one_image_and_one_batch():
+    from vaelab.losses import ELBOTerms, Totals
+
+    totals = Totals(torch.device("cpu"))
+    one = torch.tensor([6.0])
+    totals.add(ELBOTerms(one, one / 2, one / 3, one))
+    assert totals.means("t", 64) == {"t_loss": 6.0, "t_recon": 3.0, "t_kl": 2.0,
+                                     "t_batch_loss": 6.0}
+
+
+def test_default_weights_are_one():
+    """beta / kl_weight default to 1: the true ELBO and the unweighted IWAE bound."""
+    from vaelab.losses import iwae_terms, log_importance_weights
+
+    generator = torch.Generator().manual_seed(3)
+    logits, x = torch.randn(2, 1, 28, 28, generator=generator), torch.rand(2, 1, 28, 28)
+    mu, logvar = torch.randn(2, 3, generator=generator), torch.randn(2, 3, generator=generator)
+    z = torch.randn(4, 2, 3, generator=generator)
+    terms = elbo_terms(logits, x, mu, logvar)
+    assert torch.equal(terms.objective, terms.recon + terms.kl)
+    log_px_z = torch.randn(4, 2, generator=generator)
+    assert torch.equal(log_importance_weights(log_px_z, z, mu, logvar),
+                       log_importance_weights(log_px_z, z, mu, logvar, 1.0))
+    many = torch.randn(4, 2, 1, 28, 28, generator=generator)
+    assert torch.equal(iwae_terms(many, x, z, mu, logvar).objective,
+                       iwae_terms(many, x, z, mu, logvar, 1.0).objective)
+
+
+def test_gaussian_log_density_is_the_normal_log_pdf():
+    """Against torch.distributions.Normal, for the prior (scalar mu, logvar) and a diagonal
+    Gaussian; float64 sums of D = 5 terms, so agreement to 100 eps of the magnitude."""
+    from vaelab.losses import gaussian_log_density
+
+    generator = torch.Generator().manual_seed(4)
+    z = torch.randn(7, 5, generator=generator, dtype=torch.float64)
+    mu = torch.randn(7, 5, generator=generator, dtype=torch.float64)
+    logvar = torch.randn(7, 5, generator=generator, dtype=torch.float64)
+    tolerance = 100 * torch.finfo(torch.float64).eps
+    prior = Normal(0.0, 1.0).log_prob(z).sum(-1)
+    assert torch.allclose(gaussian_log_density(z), prior, rtol=tolerance, atol=0)
+    posterior = Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    assert torch.allclose(gaussian_log_density(z, mu, logvar), posterior, rtol=tolerance,
+                          atol=tolerance)
+    assert gaussian_log_density(z, 0.0, 0.5).dtype == torch.float64

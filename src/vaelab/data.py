@@ -174,7 +174,11 @@ def _parse_idx(stream: BinaryIO, budget: int, path: Path) -> np.ndarray:
     if stream.read(1):
         raise DataError(f"{path}: has bytes after its declared shape {dims}; "
                         "replace it with the official file")
-    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+    try:
+        return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+    except ValueError:  # an empty array whose other sizes no array can have, e.g. 0 x 3e9 x 3e9
+        raise DataError(f"{path}: header declares shape {dims}, which no array can hold; "
+                        "replace it with the official file") from None
 
 
 def _read_exactly(stream: BinaryIO, size: int, path: Path) -> bytearray:
