@@ -6,17 +6,7 @@ import sys
 
 import pytest
 import torch
-
-from vaelab.cli import main
-
-
-def cli(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as exit:  # argparse's own errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import cli
 
 
 def snapshot(folder):

@@ -3,15 +3,14 @@
 import inspect
 import json
 import math
-import time
 
 import pytest
 import torch
+from helpers import cli
 
 import vaelab.evaluate
 import vaelab.training as training
 from vaelab import load_run, train
-from vaelab.cli import main
 from vaelab.data import (
     TEST_BINARIZATION_SEED,
     binarize,
@@ -270,10 +269,6 @@ def test_evaluate_split_train_of_a_static_run_uses_its_training_binarization(
     assert json.loads((tmp_path / "run" / "eval-train.json").read_text())["split"] == "train"
 
 
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_evaluate_writes_eval_json_and_prints_a_table(capsys, trained_run):
@@ -312,197 +307,3 @@ def test_evaluate_rejects_bad_arguments(capsys, trained_run, args, words):
 def test_evaluate_rejects_a_missing_run(capsys, tmp_path):
     code, _, err = cli(capsys, "evaluate", tmp_path / "nothing-here")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "no run directory" in err
-
-
-# ---- fast unit tests of write_evaluation / evaluate_run on an untrained model (no training):
-# they pin what an evaluation reads, computes and writes, in well under a second each.
-
-def untrained_run(path, **changes):
-    """A run directory holding an untrained model's checkpoint as best.pt (epoch 3) and
-    last.pt (epoch 4), as training writes them, without training."""
-    from vaelab.checkpoint import save_checkpoint
-    from vaelab.config import Config
-    from vaelab.state import TrainingState
-
-    config = Config(device="cpu", **changes)
-    state = TrainingState.fresh(config, torch.device("cpu"))
-    path.mkdir()
-    for name, epoch in (("best.pt", 3), ("last.pt", 4)):
-        state.epoch = epoch
-        save_checkpoint(path / name, state.checkpoint(), "test")
-    return path
-
-
-def expected_summary(run_dir, images, samples, seed=0, checkpoint="best"):
-    model = load_run(run_dir, checkpoint).model
-    return {"iw_samples": samples,
-            **summarize(log_likelihood_iw(model, images, samples, seed))}
-
-
-def sha256(path):
-    import hashlib
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_write_evaluation_writes_what_it_measured(data_dir, tmp_path):
-    """Same model, images, K and seed: the same deterministic computation, so equality."""
-    from vaelab.evaluate import write_evaluation
-
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=3)
-    result, path = write_evaluation(str(run), samples=3, limit=6, seed=5, progress=False)
-    assert path.read_text() == json.dumps(result, indent=2) + "\n"
-    images = load_split("mnist", "val", data_dir, limit=6).images
-    assert path == run / "eval.json" and json.loads(path.read_text()) == result
-    assert path.read_text().endswith("}\n")
-    expected = expected_summary(run, images, 3, seed=5)
-    assert {k: result[k] for k in expected} == expected
-    assert result["images"] == 6 and result["latent_dim"] == 3
-    assert (result["split"], result["checkpoint"], result["epoch"]) == ("test", "best", 3)
-    assert result["checkpoint_sha256"] == sha256(run / "best.pt")
-    assert (result["dataset"], result["binarize"]) == ("mnist", "none")
-    assert result["pixel_entropy"] == pixel_entropy(images) and result["seconds"] > 0
-    other_seed, _ = write_evaluation(str(run), samples=3, limit=6, seed=6, progress=False)
-    assert other_seed["nll"] != result["nll"]  # the seed reaches the sampler
-
-
-def test_write_evaluation_of_the_last_checkpoint_with_the_default_seed(data_dir, tmp_path):
-    from vaelab.evaluate import write_evaluation
-
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=2)
-    result, _ = write_evaluation(str(run), samples=2, limit=4, checkpoint="last",
-                                 device="cpu", progress=False)
-    assert (result["checkpoint"], result["epoch"]) == ("last", 4)
-    assert result["checkpoint_sha256"] == sha256(run / "last.pt")
-    images = load_split("mnist", "val", data_dir, limit=4).images
-    expected = expected_summary(run, images, 2, seed=0, checkpoint="last")
-    assert {k: result[k] for k in expected} == expected
-
-
-def test_write_evaluation_data_dir_overrides_the_runs_own(data_dir, tmp_path, monkeypatch):
-    """Neither the run's folder nor $VAELAB_DATA_DIR holds the files: only the argument does.
-    (Also the defaults: 5000 importance samples, on the test split.)"""
-    from vaelab.evaluate import write_evaluation
-
-    monkeypatch.setenv("VAELAB_DATA_DIR", str(tmp_path / "elsewhere"))
-    monkeypatch.setenv("VAELAB_MIRRORS", "http://127.0.0.1:9/")  # no download either
-    run = untrained_run(tmp_path / "run", data_dir=str(tmp_path / "moved-away"))
-    result, _ = write_evaluation(str(run), limit=2, data_dir=str(data_dir), progress=False)
-    assert (result["images"], result["iw_samples"], result["split"]) == (2, 5000, "test")
-
-
-def test_write_evaluation_train_split_of_a_static_run(
-        data_dir, tmp_path):
-    from vaelab.evaluate import write_evaluation
-
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=2,
-                        binarize="static", seed=4)
-    result, path = write_evaluation(str(run), samples=2, limit=5, split="train",
-                                    progress=False)
-    config = load_run(run).config
-    images = training_images(config, load_split("mnist", "train", data_dir, limit=5))
-    assert path == run / "eval-train.json" and json.loads(path.read_text()) == result
-    expected = expected_summary(run, images, 2)
-    assert {k: result[k] for k in expected} == expected
-    assert (result["split"], result["binarize"]) == ("train", "static")
-    assert "pixel_entropy" not in result
-
-
-def test_write_evaluation_train_split_of_a_dynamic_run(
-        data_dir, tmp_path):
-    from vaelab.evaluate import write_evaluation
-
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=2,
-                        binarize="dynamic", seed=4)
-    result, _ = write_evaluation(str(run), samples=2, limit=5, split="train", progress=False)
-    images = binarize(load_split("mnist", "train", data_dir, limit=5).images,
-                      TEST_BINARIZATION_SEED)
-    expected = expected_summary(run, images, 2)
-    assert {k: result[k] for k in expected} == expected
-
-
-@pytest.mark.parametrize("kwargs, words", [
-    ({"samples": 0}, "--iw-samples 0 is not allowed: it must be at least 1"),
-    ({"limit": 0}, "--limit 0 is not allowed: it must be at least 1"),
-    ({"exact": True}, "latent sizes 1 and 2; this run has 20"),
-])
-def test_write_evaluation_refuses_impossible_requests_before_writing(
-        data_dir, tmp_path, kwargs, words):
-    from vaelab.errors import VaelabError
-    from vaelab.evaluate import write_evaluation
-
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir))
-    with pytest.raises(VaelabError) as caught:
-        write_evaluation(str(run), **{"samples": 1, "limit": 1, **kwargs})
-    assert str(caught.value) == words or words in str(caught.value)
-    assert not (run / "eval.json").exists()
-
-
-def test_write_evaluation_accepts_one_sample_and_one_image(data_dir, tmp_path):
-    from vaelab.evaluate import write_evaluation
-
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=1)
-    result, _ = write_evaluation(str(run), samples=1, limit=1, progress=False, exact=True)
-    assert result["images"] == 1 and result["iw_samples"] == 1
-    assert "exact_nll" in result  # --exact reaches evaluate_run
-
-
-def test_write_evaluation_reports_an_unwritable_run_folder(data_dir, tmp_path, monkeypatch):
-    import errno
-
-    from vaelab.errors import VaelabError
-    from vaelab.evaluate import write_evaluation
-
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=2)
-
-    def refuse(path, *args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied", str(path))
-
-    monkeypatch.setattr(vaelab.evaluate, "atomic_open", refuse)
-    with pytest.raises(VaelabError, match=r"^cannot write .*eval.json \(Permission denied\); "
-                                          r"is the run folder writable\?$"):
-        write_evaluation(str(run), samples=1, limit=1, progress=False)
-
-
-def test_evaluate_run_exact_adds_the_quadrature(data_dir, tmp_path, capsys):
-    from vaelab.evaluate import evaluate_run
-    from vaelab.quadrature import compare_with_estimate
-
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=1)
-    model = load_run(run).model
-    images = load_split("mnist", "val", data_dir, limit=2).images
-    started = time.perf_counter()
-    result = evaluate_run(model, images, samples=4, seed=1, exact=True)
-    took = time.perf_counter() - started
-    estimates = log_likelihood_iw(model, images, 4, seed=1)
-    expected = {"iw_samples": 4, **summarize(estimates),
-                **compare_with_estimate(model, images, estimates["log_px"])}
-    assert {k: result[k] for k in expected} == expected
-    assert set(result) == set(expected) | {"seconds"} and 0 < result["seconds"] <= took
-    capsys.readouterr()
-    plain = evaluate_run(model, images, samples=4)
-    assert capsys.readouterr().err == ""  # no progress bar unless asked
-    evaluate_run(model, images, samples=4, progress=True)
-    assert "image" in capsys.readouterr().err  # tqdm's bar, counting images
-    assert "exact_nll" not in plain
-    assert plain["nll"] == summarize(log_likelihood_iw(model, images, 4, seed=0))["nll"]
-
-
-def test_summary_of_one_image_and_the_active_unit_threshold():
-    """n = 1: no spread to estimate (nan); a unit needs a variance above 0.01 to be active,
-    computed with 1/n over the images (0.0081 with 1/n, inactive; 0.0162 with 1/(n-1))."""
-    one = {"log_px": torch.tensor([-90.0], dtype=torch.float64),
-           "recon": torch.tensor([70.0], dtype=torch.float64),
-           "kl": torch.tensor([30.0], dtype=torch.float64),
-           "ess": torch.tensor([2.0], dtype=torch.float64), "mu": torch.zeros(1, 4)}
-    result = summarize(one)
-    assert math.isnan(result["nll_stderr"]) and math.isnan(result["neg_elbo_stderr"])
-    assert result == {**result, "images": 1, "nll": 90.0, "neg_elbo": 100.0, "recon": 70.0,
-                      "kl": 30.0, "active_units": 0, "latent_dim": 4}
-    two = {name: values.repeat(2) for name, values in one.items() if name != "mu"}
-    two["mu"] = torch.tensor([[0.09, 0.0, 0.2, 0.3], [-0.09, 0.0, -0.2, -0.3]],
-                             dtype=torch.float64)
-    two["recon"] = torch.tensor([70.0, 72.0], dtype=torch.float64)
-    result = summarize(two)
-    assert result["neg_elbo_stderr"] == pytest.approx(math.sqrt(2) / math.sqrt(2))
-    assert result["nll_stderr"] == 0.0
-    assert result["active_units"] == 2  # per-unit variances 0.0081, 0, 0.04 and 0.09

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from helpers import cli
 from PIL import Image
 
 from vaelab import load_run, plots, train
-from vaelab.cli import main
 from vaelab.data import Split, load_split, to_float
 from vaelab.errors import VaelabError
 from vaelab.generate import (
@@ -19,15 +19,6 @@ from vaelab.generate import (
     sample_prior,
 )
 from vaelab.plots import grid_figure_size
-
-
-def cli(capsys, *args):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def png_size(path):

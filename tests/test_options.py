@@ -4,7 +4,6 @@ and split, and the report command."""
 
 import base64
 import gzip
-import hashlib
 import json
 import math
 import struct
@@ -13,12 +12,12 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
+from helpers import cli, sha256
 
 import vaelab.evaluate
 import vaelab.state
 import vaelab.training as training
 from vaelab import VAE, Config, train
-from vaelab.cli import main
 from vaelab.config import RECIPES, from_recipe
 from vaelab.data import load_split
 from vaelab.errors import ConfigError, DataError
@@ -28,13 +27,6 @@ from vaelab.state import TrainingState, uses_bf16
 CPU = torch.device("cpu")
 
 
-def cli(capsys, *args):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def spy_on_steps(monkeypatch, record):
@@ -49,8 +41,6 @@ def spy_on_steps(monkeypatch, record):
     monkeypatch.setattr(training, "_step", spy)
 
 
-def sha256(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---- --schedule -----------------------------------------------------------------------------

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 from vaelab import train
-from vaelab.cli import build_parser, log_to_stderr, main
+from vaelab.cli import build_parser, log_to_stderr
 from vaelab.generate import pick_pairs
 from vaelab.runs import RUN_FILES
 
@@ -19,13 +20,6 @@ COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 RUN_COMMANDS = [c for c in COMMANDS if c != "train"]  # those that take a RUN
 
 
-def cli(capsys, *args):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit:  # argparse: --help and usage errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(err, *words):

@@ -102,6 +102,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """A checkpoint file's identity, as load_checkpoint records it in payload["sha256"]."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def config_from_checkpoint(payload: dict[str, Any], path: Path) -> Config:
     try:
         return Config.from_dict(payload["config"])

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from . import generate, plots
-from .checkpoint import atomic_open
+from .checkpoint import atomic_open, file_sha256
 from .data import Split, to_float, validation_split
 from .errors import VaelabError
 from .model import count_parameters
@@ -197,7 +197,8 @@ def _evaluation_section(run: Run) -> list[str]:
         return []
     try:
         result = json.loads(path.read_text())
-        current = _sha256(checkpoint_path(run.path, result["checkpoint"]))
+        current = (run.checkpoint_sha256 if result["checkpoint"] == run.checkpoint
+                   else file_sha256(checkpoint_path(run.path, result["checkpoint"])))
         fresh = result["checkpoint_sha256"] == current
     except (OSError, ValueError, KeyError, TypeError):
         fresh = False
@@ -228,12 +229,6 @@ def _evaluation_section(run: Run) -> list[str]:
              f"median effective sample size {result['effective_samples_median']:.0f} of "
              f"{result['iw_samples']:,}.</p>")
     return ["<h2>Evaluation</h2>", caption, table, units]
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _dict_table(values: dict) -> str:
