@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import VaelabError
 from .explore import Explorer, read_picture
+from .generate import default_pair
 
 STEP = 0.05  # slider resolution, in standard deviations
 RANGE = 4.0  # sliders span +-4 standard deviations around the validation codes' mean
@@ -86,11 +87,17 @@ def _slider_tab(gr, explorer: Explorer, start) -> None:
 
 
 def _interpolation_tab(gr, explorer: Explorer) -> None:
+    labelled = explorer.val.labels is not None
+    begin, end = default_pair(explorer.val)
     with gr.Row():
-        source = gr.Dropdown(list(range(10)), value=6, label="from digit", elem_id="from-digit")
-        target = gr.Dropdown(list(range(10)), value=8, label="to digit", elem_id="to-digit")
-        first = gr.Number(explorer.first_of_class(6), precision=0, label="from image (index)")
-        second = gr.Number(explorer.first_of_class(8), precision=0, label="to image (index)")
+        if labelled:  # for unlabelled data the images are picked by index alone
+            classes = list(explorer.val.classes)
+            source = gr.Dropdown(classes, value=begin, label="from class", elem_id="from-digit")
+            target = gr.Dropdown(classes, value=end, label="to class", elem_id="to-digit")
+        first = gr.Number(explorer.first_of_class(begin) if labelled else int(begin),
+                          precision=0, label="from image (index)")
+        second = gr.Number(explorer.first_of_class(end) if labelled else int(end),
+                           precision=0, label="to image (index)")
     with gr.Row():
         position = gr.Slider(0, 1, value=0.5, step=0.01, label="position", elem_id="interp-t")
         steps = gr.Slider(2, 20, value=10, step=1, label="steps in the strip")
@@ -110,27 +117,30 @@ def _interpolation_tab(gr, explorer: Explorer) -> None:
     for control in (position, steps, spherical):
         control.change(draw, inputs, [shown, whole], show_progress="hidden",
                        trigger_mode="always_last")
-    for picker, index in ((source, first), (target, second)):
-        picker.change(_friendly(gr, lambda digit: explorer.first_of_class(_whole(digit))),
-                      [picker], [index])
+    for picker, index in ((source, first), (target, second)) if labelled else ():
+        picker.change(_friendly(gr, explorer.first_of_class), [picker], [index])
     for index in (first, second):
         index.change(draw, inputs, [shown, whole], show_progress="hidden")
 
 
 def _encode_tab(gr, explorer: Explorer) -> None:
     with gr.Row():
-        sketch = gr.Sketchpad(type="numpy", label="draw a digit (pick the brush)",
-                              canvas_size=(280, 280), layers=False, elem_id="sketch",
-                              brush=gr.Brush(default_size=18, colors=["#000000"],
-                                             color_mode="fixed"))
+        if explorer.drawable:  # a canvas only where a drawn digit is like the training data
+            sketch = gr.Sketchpad(type="numpy", label="draw a digit (pick the brush)",
+                                  canvas_size=(280, 280), layers=False, elem_id="sketch",
+                                  brush=gr.Brush(default_size=18, colors=["#000000"],
+                                                 color_mode="fixed"))
         # A file, not an image widget: a file named like a picture that is not one then
         # reaches read_picture, which explains the problem, instead of failing inside Gradio.
-        upload = gr.File(label="or upload a picture (PNG, JPEG, ...)", file_types=["image"],
+        upload = gr.File(label="upload a picture (PNG, JPEG, ...)", file_types=["image"],
                          type="filepath", elem_id="upload")
-    encode = gr.Button("Encode the drawing", elem_id="encode-drawing")
+    if explorer.drawable:
+        encode = gr.Button("Encode the drawing", elem_id="encode-drawing")
     status = gr.Markdown("", elem_id="encode-status")
+    shape = "x".join(map(str, explorer.model.shape[1:]))
     with gr.Row():
-        prepared = gr.Image(label="as MNIST (28x28)", format="png", interactive=False)
+        prepared = gr.Image(label="as MNIST (28x28)" if explorer.drawable else
+                            f"as the model sees it ({shape})", format="png", interactive=False)
         rebuilt = gr.Image(label="reconstruction", format="png", interactive=False,
                            elem_id="encoded-reconstruction")
         where = gr.Image(label="on the map", format="png", interactive=False)
@@ -148,10 +158,11 @@ def _encode_tab(gr, explorer: Explorer) -> None:
         except VaelabError as err:
             return [f"**Could not encode:** {err}", None, None, None, None]
         labels = ", ".join(map(str, result["neighbour_labels"]))
-        return [f"Encoded. Nearest validation digits: {labels}.", result["input"],
+        return [f"Encoded. Nearest validation images: {labels}.", result["input"],
                 result["reconstruction"], result["neighbours"], result["map"]]
 
-    encode.click(run, [sketch], outputs)
+    if explorer.drawable:
+        encode.click(run, [sketch], outputs)
     # The file widget is emptied again so that the next picture can be uploaded straight away.
     upload.upload(lambda path: [*run(path), None], [upload], [*outputs, upload])
 

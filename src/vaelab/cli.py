@@ -36,6 +36,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Config field. Defaults are SUPPRESSed so that only the flags a user
     typed reach the namespace: a new run fills the rest from Config, a resume keeps its own."""
     for f in dataclasses.fields(Config):
+        if not f.metadata["flag"]:
+            continue
         kind, choices, _ = field_kind(f.name)
         parser.add_argument(flag_name(f.name), dest=f.name, type=kind, choices=choices,
                             default=argparse.SUPPRESS, metavar=None if choices else f.name.upper(),
@@ -54,7 +56,7 @@ def config_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaelab", description="Train, evaluate and explore variational "
-                     "autoencoders on MNIST-like images.")
+                     "autoencoders on MNIST-like images or your own.")
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -110,7 +112,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="which checkpoint of the run to load (default: best)")
     parser.add_argument("--device", help="where to compute (default: the run's own device)")
-    parser.add_argument("--data-dir", help="where the run's data lies, if it moved")
+    parser.add_argument("--data-dir", help="where the run's IDX files lie, if they moved")
+    parser.add_argument("--data", metavar="PATH",
+                        help="where the run's own images (--data) lie, if they moved")
 
 
 def add_figure_commands(commands) -> None:
@@ -139,10 +143,14 @@ def add_figure_commands(commands) -> None:
 
     p = command("interpolate", "decode points between two digits' posterior means",
                 lambda r, run, val, a: [r.figure_interpolation(
-                    run, val, a.digit_from, a.digit_to, a.steps, a.pairs, a.spherical, a.index)],
+                    run, val, a.source, a.target, a.steps, a.pairs, a.spherical, a.index)],
                 ["interpolation"])
-    p.add_argument("--from", dest="digit_from", type=int, default=6, help="class (default: 6)")
-    p.add_argument("--to", dest="digit_to", type=int, default=8, help="class (default: 8)")
+    p.add_argument("--from", dest="source", metavar="CLASS",
+                   help="class name or index (default: 6, else the first class); for "
+                        "unlabelled data, a validation image's index (default: 0)")
+    p.add_argument("--to", dest="target", metavar="CLASS",
+                   help="class name or index (default: 8, else the second class); for "
+                        "unlabelled data, a validation image's index (default: 1)")
     p.add_argument("--index", type=int, nargs=2, metavar=("I", "J"),
                    help="interpolate between validation images I and J instead")
     p.add_argument("--steps", type=int, default=10, help="points per strip (default: 10)")
@@ -167,7 +175,7 @@ def run_figures(args: argparse.Namespace) -> int:
 
     run = load_run(args.run, args.checkpoint, args.device)
     needs_data = args.command not in ("sample", "curves")
-    val = validation_split(run.config, args.data_dir) if needs_data else None
+    val = validation_split(run.config, args.data_dir, args.data) if needs_data else None
     folder = Path(args.out) if args.out else run.path / FIGURES
     for figure, name in zip(args.make(report, run, val, args), args.files):
         print(plots.save(figure, folder / f"{name}.png"))
@@ -179,7 +187,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     result, path = write_evaluation(args.run, args.iw_samples, args.split, args.limit,
                                     args.seed, args.checkpoint, args.device, args.data_dir,
-                                    progress=False if args.quiet else None, exact=args.exact)
+                                    progress=False if args.quiet else None, exact=args.exact,
+                                    data=args.data)
     k, stderr = result["iw_samples"], result["nll_stderr"]
     rows = [(f"-log p(x), IW K={k}", result["nll"], stderr),
             ("-ELBO", result["neg_elbo"], result["neg_elbo_stderr"]),
@@ -212,7 +221,7 @@ def run_explore(args: argparse.Namespace) -> int:
     check_can_serve(args.host, args.port)
     run = load_run(args.run, args.checkpoint, args.device)
     log.info("encoding the validation set for the explorer")
-    explorer = Explorer(run, validation_split(run.config, args.data_dir))
+    explorer = Explorer(run, validation_split(run.config, args.data_dir, args.data))
     print(f"serving {run.path} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     launch(explorer, args.host, args.port)
     return 0
@@ -221,7 +230,8 @@ def run_explore(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    path = write_report(args.run, args.data_dir, args.out, args.checkpoint, args.device)
+    path = write_report(args.run, args.data_dir, args.out, args.checkpoint, args.device,
+                        args.data)
     print(f"report: {path}")
     return 0
 

@@ -30,15 +30,33 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def setting(default: Any, why: str) -> Any:
-    """A config field whose help text (the reason for its default) travels with it."""
-    return field(default=default, metadata={"help": why})
+def setting(default: Any, why: str, flag: bool = True) -> Any:
+    """A config field whose help text (the reason for its default) travels with it; a field
+    with flag=False is recorded from the data, not set by the user."""
+    return field(default=default, metadata={"help": why, "flag": flag})
 
 
 @dataclass(frozen=True)
 class Config:
     dataset: Literal["mnist", "fashion-mnist", "kmnist"] = setting(
         "mnist", "the seed's data; fashion-mnist and kmnist are drop-in 28x28 IDX sets")
+    data: str | None = setting(
+        None, "your own images instead of --dataset: a folder (searched recursively; class "
+        "subfolders become labels; train/ and val/ (or test/) subfolders are used as given) or "
+        "an .npz/.npy file of uint8 images (N, H, W[, C])")
+    image_size: int | None = setting(
+        None, "resize the shorter side to S and centre-crop to SxS; unset = the images' own "
+        "size (they must then all share it)")
+    channels: Literal[1, 3] | None = setting(
+        None, "1 = grey, 3 = colour, converting as needed; unset = the images' own")
+    val_fraction: float = setting(
+        0.1, "share of each class held out for validation, chosen with --seed, when the data "
+        "bring no val/ (or test/) split; 10% keeps most images for training")
+    arch: Literal["conv", "resnet"] = setting(
+        "conv", "conv: the seed's network (other sizes get one stride-2 stage per halving); "
+        "resnet: a wider residual network, for colour images")
+    height: int | None = setting(None, "image height, recorded from the data", flag=False)
+    width: int | None = setting(None, "image width, recorded from the data", flag=False)
     latent_dim: int = setting(20, "size of z: the seed's LATENT_DIM")
     batch_size: int = setting(64, "images per step: the seed's BATCH_SIZE")
     lr: float = setting(1e-3, "Adam learning rate: the seed's LEARNING_RATE")
@@ -93,6 +111,18 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the model takes. The IDX sets are 1x28x28 (unless resized);
+        for --data the shape is recorded from the data when training starts."""
+        if self.data is None:
+            side = self.image_size or 28
+            return self.channels or 1, self.height or side, self.width or side
+        if None in (self.channels, self.height, self.width):
+            raise RuntimeError("the shape of --data images is known once they are loaded; "
+                               "use data.with_data_shape(config, split)")
+        return self.channels, self.height, self.width
 
     @property
     def torch_memory_format(self) -> torch.memory_format:
@@ -176,17 +206,29 @@ def _admits(hint: Any, kind: type) -> bool:
 def _check_values(c: Config) -> None:
     for f in dataclasses.fields(c):
         choices = field_kind(f.name)[1]
-        if choices and getattr(c, f.name) not in choices:
-            _fail(f.name, getattr(c, f.name), f"one of {', '.join(choices)}")
+        value = getattr(c, f.name)
+        if choices and value is not None and value not in choices:
+            _fail(f.name, value, f"one of {', '.join(map(str, choices))}")
     if c.kl_warmup < 0:
         _fail("kl_warmup", c.kl_warmup, "must be >= 0 epochs")
     for name in ("latent_dim", "batch_size", "epochs", "iw_train"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "must be at least 1")
-    for name in ("limit_train", "limit_val"):
+    for name in ("limit_train", "limit_val", "image_size", "height", "width"):
         value = getattr(c, name)
         if value is not None and value < 1:
             _fail(name, value, "must be at least 1, or unset for all images")
+    if not 0 < c.val_fraction < 1:
+        _fail("val_fraction", c.val_fraction, "must be between 0 and 1, e.g. 0.1")
+    if c.data is not None and c.dataset != "mnist":
+        _fail("dataset", c.dataset, "--data and --dataset name two sources of images: give one")
+    if (c.height is None) != (c.width is None) or (
+            c.image_size is not None and c.height not in (None, c.image_size)):
+        _fail("height", c.height, "height and width are recorded together from the data")
+    if c.image_size is not None:
+        from .model import check_shape  # torch is imported only once a config is checked
+
+        check_shape((c.channels or 1, c.image_size, c.image_size), c.arch)
     if not (math.isfinite(c.lr) and c.lr > 0):
         _fail("lr", c.lr, "must be a finite number > 0, e.g. 1e-3")
     if not (math.isfinite(c.beta) and c.beta >= 0):

@@ -1,6 +1,8 @@
-"""MNIST-like IDX files -> uint8 tensors in memory, checked on load, downloaded when missing.
+"""Where a run's images come from: MNIST-like IDX files (read here, checked on load,
+downloaded when missing) or your own folder or array (`--data`, sources.py). Every source ends
+in the same Split of uint8 tensors.
 
-The files are read straight from their `.gz` (or uncompressed) form; nothing is extracted
+The IDX files are read straight from their `.gz` (or uncompressed) form; nothing is extracted
 and nothing is written into the data directory except by a download. Both torchvision's
 layout (`ROOT/MNIST/raw/*.gz`) and a flat folder holding the four files are found.
 """
@@ -42,6 +44,12 @@ SPLIT_FILES = {
     "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGE_SIZE = 28
+CLASSES = {
+    "mnist": tuple("0123456789"),
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"),
+    "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+}
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than this: caps what a .gz can hold
 _CHUNK = 1 << 20
@@ -49,13 +57,19 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Split:
-    """A set of images with labels. images: (N, 1, 28, 28) uint8; labels: (N,) int64."""
+    """A set of images, with labels if the data have them. images: (N, C, H, W) uint8;
+    labels: (N,) int64 indices into `classes` (their names), or None for unlabelled data."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
+    classes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
+
+    def head(self, limit: int | None) -> Split:
+        labels = self.labels[:limit] if self.labels is not None else None
+        return Split(self.images[:limit], labels, self.classes)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -89,14 +103,44 @@ def validation_images(config: Config, split: Split) -> torch.Tensor:
 
 
 def load_data(config: Config) -> tuple[Split, Split]:
-    """The seed's split: the 60,000 training images, the 10,000 test images as validation."""
-    return (load_split(config.dataset, "train", config.data_dir, config.limit_train),
-            load_split(config.dataset, "val", config.data_dir, config.limit_val))
+    """Training and validation Splits. The IDX sets: the seed's split, the 60,000 training
+    images and the 10,000 test images as validation. --data: sources.load_image_data."""
+    if config.data is not None:
+        from .sources import load_image_data
+
+        train, val = load_image_data(config)
+    else:
+        train, val = (_resized(config, load_split(config.dataset, split, config.data_dir))
+                      for split in ("train", "val"))
+    return train.head(config.limit_train), val.head(config.limit_val)
 
 
-def validation_split(config: Config, data_dir: str | os.PathLike | None = None) -> Split:
-    """A run's whole validation set (its limit is for training speed, not for figures)."""
-    return load_split(config.dataset, "val", data_dir or config.data_dir)
+def _resized(config: Config, split: Split) -> Split:
+    """--image-size and --channels applied to an IDX set (as to any other source)."""
+    if config.image_size is None and config.channels in (None, 1):
+        return split
+    from .sources import convert
+
+    images = convert(split.images.permute(0, 2, 3, 1).numpy(), config.image_size,
+                     config.channels, config.dataset)
+    return Split(images, split.labels, split.classes)
+
+
+def validation_split(config: Config, data_dir: str | os.PathLike | None = None,
+                     data: str | os.PathLike | None = None) -> Split:
+    """A run's whole validation set (its limit is for training speed, not for figures);
+    `data_dir` or `data` say where the run's images lie now, if they moved."""
+    config = config.replace(limit_val=None, data_dir=str(data_dir or config.data_dir or "")
+                            or None, data=str(data) if data else config.data)
+    if config.data is None:  # only the file it needs
+        return _resized(config, load_split(config.dataset, "val", config.data_dir))
+    return load_data(config)[1]
+
+
+def with_data_shape(config: Config, split: Split) -> Config:
+    """The config with the images' channels, height and width recorded, as the run saves it."""
+    channels, height, width = split.images.shape[1:]
+    return config.replace(channels=channels, height=height, width=width)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -120,7 +164,8 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = No
     labels = _cached_idx(paths[label_name])
     _check_pair(images, labels, paths[image_name], paths[label_name])
     images, labels = images[:limit], labels[:limit]
-    return Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long())
+    return Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long(),
+                 CLASSES[dataset])
 
 
 def find_files(dataset: str, root: Path) -> dict[str, Path | None]:

@@ -14,16 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_open
-from .data import load_split, to_float, training_images, validation_images
+from .data import load_data, to_float, training_images, validation_images
 from .errors import VaelabError
-from .losses import (
-    Totals,
-    bernoulli_nll,
-    bernoulli_nll_samples,
-    elbo_terms,
-    kl_standard_normal,
-    log_importance_weights,
-)
+from .likelihoods import nll_samples
+from .losses import Totals, elbo_terms, kl_standard_normal, log_importance_weights
 from .model import VAE
 from .quadrature import check_exact_possible, compare_with_estimate
 from .runs import eval_path, load_run
@@ -39,7 +33,7 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: unit i is active if Cov_x(E_q
 @torch.inference_mode()
 def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
                   batch_size: int = EVAL_BATCH) -> Totals:
-    """Sum of -ELBO terms over uint8 `images` (N, 1, 28, 28), one z per image.
+    """Sum of -ELBO terms over uint8 `images` (N, C, H, W), one z per image.
 
     The noise comes from a generator seeded with `seed`, so the same model always gets the
     same number and evaluation never disturbs the training run's random streams.
@@ -52,7 +46,7 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
     for start in range(0, len(images), batch_size):
         x = to_float(images[start:start + batch_size].to(device))
         out = model(x, generator)
-        totals.add(elbo_terms(out.logits, x, out.mu, out.logvar))
+        totals.add(elbo_terms(model.likelihood.nll(out.params, x), out.mu, out.logvar))
     model.train(was_training)
     return totals
 
@@ -60,7 +54,7 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
 @torch.inference_mode()
 def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
                       progress: bool = False) -> dict[str, torch.Tensor]:
-    """Per-image estimates over uint8 `images` (N, 1, 28, 28), float64 on the CPU:
+    """Per-image estimates over uint8 `images` (N, C, H, W), float64 on the CPU:
 
     log_px    L_K = logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K, z_k ~ q(z|x),
               a lower bound on log p(x) that tightens as K grows (Burda et al. 2016);
@@ -88,7 +82,7 @@ def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int 
             nll_sum = torch.zeros(len(x), dtype=torch.float64, device=device)
             for done in range(0, samples, chunk):
                 z = model.sample_latents(mu, logvar, min(chunk, samples - done), generator)
-                nll = bernoulli_nll_samples(model.decode_latents(z), x).double()
+                nll = nll_samples(model.likelihood, model.decode_latents(z), x).double()
                 log_w = log_importance_weights(-nll, z.double(), mu.double(), logvar.double())
                 log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
                 log_sum_sq = torch.logaddexp(log_sum_sq, torch.logsumexp(2 * log_w, 0))
@@ -102,7 +96,7 @@ def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int 
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def summarize(estimates: dict[str, torch.Tensor], pixels: int = 28 * 28) -> dict[str, float]:
+def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, float]:
     """Means with standard errors across images (nats per image, and bits per dimension for
     the NLL), and the number of active units."""
     nll, neg_elbo = -estimates["log_px"], estimates["recon"] + estimates["kl"]
@@ -124,20 +118,13 @@ def summarize(estimates: dict[str, torch.Tensor], pixels: int = 28 * 28) -> dict
     }
 
 
-def pixel_entropy(images: torch.Tensor) -> float:
-    """Mean over images of sum_pixels H(x) = -[x log x + (1 - x) log(1 - x)]: the smallest
-    Bernoulli cross-entropy any model can reach on grayscale targets (where p = x)."""
-    x = to_float(images).double()
-    return bernoulli_nll(torch.logit(x, eps=1e-12), x).mean().item()
-
-
 def evaluate_run(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
                  progress: bool = False, exact: bool = False) -> dict[str, float]:
     """The numbers of `vaelab evaluate`, timed; with `exact`, also log p(x) by quadrature
     beside the estimate (latent sizes 1 and 2)."""
     started = time.perf_counter()
     estimates = log_likelihood_iw(model, images, samples, seed, progress)
-    result = {"iw_samples": samples, **summarize(estimates)}
+    result = {"iw_samples": samples, **summarize(estimates, images[0].numel())}
     if exact:
         log.info("integrating log p(x) of %d images on a grid (--exact)", len(images))
         result.update(compare_with_estimate(model, images, estimates["log_px"], progress))
@@ -147,7 +134,7 @@ def evaluate_run(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
 def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
                      limit: int | None = None, seed: int = 0, checkpoint: str = "best",
                      device: str | None = None, data_dir: str | None = None,
-                     progress: bool | None = None, exact: bool = False
+                     progress: bool | None = None, exact: bool = False, data: str | None = None
                      ) -> tuple[dict[str, Any], Path]:
     """Evaluate a run's checkpoint on its test (or training) images; write RUN/eval.json
     (eval-train.json) atomically and return the numbers with the file's path."""
@@ -158,21 +145,23 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
     run = load_run(run_dir, checkpoint, device)
     if exact:
         check_exact_possible(run.config.latent_dim)
-    config = run.config.replace(data_dir=data_dir or run.config.data_dir)
-    data = load_split(config.dataset, "val" if split == "test" else "train", config.data_dir,
-                      limit)
+    config = run.config.replace(data_dir=data_dir or run.config.data_dir, data=data or
+                                run.config.data, limit_train=None, limit_val=None)
+    train, val = load_data(config)
+    chosen = (val if split == "test" else train).head(limit)
     if split == "train" and config.binarize == "static":
-        images = training_images(config, data)  # the one binarization it trained on
+        images = training_images(config, chosen)  # the one binarization it trained on
     else:
-        images = validation_images(config, data)
+        images = validation_images(config, chosen)
     show = sys.stderr.isatty() if progress is None else progress
     log.info("evaluating %d images with K=%d importance samples each", len(images), samples)
     result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
               "checkpoint_sha256": run.checkpoint_sha256,
-              "dataset": config.dataset, "binarize": config.binarize,
+              "dataset": config.data or config.dataset, "binarize": config.binarize,
               **evaluate_run(run.model, images, samples, seed, show, exact)}
-    if config.binarize == "none":
-        result["pixel_entropy"] = pixel_entropy(images)
+    floor = run.model.likelihood.floor(to_float(images))
+    if floor is not None:
+        result["pixel_entropy"] = floor
     path = eval_path(run.path, split)
     try:
         with atomic_open(path) as file:

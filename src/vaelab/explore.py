@@ -18,7 +18,7 @@ from .data import Split, to_float
 from .errors import VaelabError
 from .runs import Run
 
-SHOWN = 8  # screen pixels per image pixel: a 28x28 digit is shown at 224x224
+SHOWN_SIDE = 224  # screen pixels an image's longer side is enlarged to (8x for 28x28)
 MAX_UPLOAD_PIXELS = 4096 * 4096  # larger uploads are refused rather than resized for seconds
 
 
@@ -27,12 +27,16 @@ class Explorer:
 
     def __init__(self, run: Run, val: Split, directions: int = 8):
         self.model, self.val = run.model, val
+        # The IDX sets' strokes are shown as ink on paper, as in the figures; the drawing
+        # canvas (and MNIST's way of preparing a digit) only makes sense for digit-like data.
+        self.ink = run.config.data is None
+        self.drawable = self.ink and run.model.shape == (1, 28, 28)
         self.codes = generate.encode_means(run.model, val.images).double()  # (N, D)
         self.mean, axes, scales = generate.principal_axes(self.codes)
         self.directions = axes[:directions]  # (k, D), orthonormal rows; k = D when D is small
         # the floor keeps a direction with no spread (collapsed codes) usable
         self.scales = scales[:directions].clamp_min(1e-6)
-        self.map = LatentMap(self.project(self.codes), val.labels)
+        self.map = LatentMap(self.project(self.codes), val.labels, val.classes)
 
     # ---- sliders -----------------------------------------------------------------------
 
@@ -61,17 +65,26 @@ class Explorer:
                               f"(0-{len(self.codes) - 1})")
         return self.codes[index]
 
-    def first_of_class(self, digit: int) -> int:
-        found = torch.nonzero(self.val.labels == digit).flatten()
+    def first_of_class(self, name: str | int) -> int:
+        """The first validation image of a class (by name or index)."""
+        if self.val.labels is None:
+            raise VaelabError("this run's data have no classes; pick images by index")
+        label = generate.class_index(self.val, name)
+        found = torch.nonzero(self.val.labels == label).flatten()
         if not len(found):
-            raise VaelabError(f"no validation image of class {digit}")
+            raise VaelabError(f"no validation image of class {self.val.classes[label]!r}")
         return int(found[0])
+
+    def label_names(self, indices: torch.Tensor) -> list[str]:
+        if self.val.labels is None:
+            return [f"image {int(i)}" for i in indices]
+        return [self.val.classes[int(self.val.labels[i])] for i in indices]
 
     # ---- images ------------------------------------------------------------------------
 
     def decode(self, z: torch.Tensor) -> np.ndarray:
-        """z (D,) -> the decoded digit as a (224, 224) uint8 image, ink dark on white."""
-        return enlarge(generate.decode_means(self.model, z.float().unsqueeze(0))[0])
+        """z (D,) -> the decoded image enlarged to about 224 pixels, uint8 (grey or RGB)."""
+        return enlarge(generate.decode_means(self.model, z.float().unsqueeze(0))[0], self.ink)
 
     def interpolate(self, i: int, j: int, t: float, steps: int, spherical: bool
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -80,19 +93,34 @@ class Explorer:
         strip = generate.decode_means(self.model, generate.interpolation_path(
             a, b, steps, spherical).float())
         point = generate.interpolate_at(a, b, t, spherical)[0]
-        return self.decode(point), enlarge_row(strip)
+        return self.decode(point), enlarge_row(strip, self.ink)
 
     def encode_image(self, image: np.ndarray | None) -> dict[str, object]:
-        """A drawn or uploaded image -> its MNIST-style 28x28 version, reconstruction, five
-        nearest validation codes and its place on the map."""
-        digit = preprocess(image)
-        z = generate.encode_means(self.model, torch.from_numpy(digit)[None, None])[0].double()
+        """A drawn or uploaded image -> the model's input made from it (an MNIST-style digit
+        for digit runs; else resized and centre-cropped as the training images), its
+        reconstruction, five nearest validation codes and its place on the map."""
+        prepared = preprocess(image)[None] if self.drawable else self.fit_upload(image)
+        pixels = torch.from_numpy(prepared)
+        z = generate.encode_means(self.model, pixels[None])[0].double()
         nearest = torch.cdist(z[None], self.codes)[0].topk(5, largest=False).indices
-        return {"input": enlarge(to_float(torch.from_numpy(digit))[None]),
+        return {"input": enlarge(to_float(pixels), self.ink),
                 "reconstruction": self.decode(z), "z": z,
-                "neighbours": enlarge_row(to_float(self.val.images[nearest])),
-                "neighbour_labels": self.val.labels[nearest].tolist(),
+                "neighbours": enlarge_row(to_float(self.val.images[nearest]), self.ink),
+                "neighbour_labels": self.label_names(nearest),
                 "map": self.map.marked(self.project(z[None])[0])}
+
+    def fit_upload(self, image: np.ndarray | None) -> np.ndarray:
+        """Any picture -> (C, H, W) uint8 of the model's shape: converted, resized to cover
+        and centre-cropped, as `--image-size` prepares training images."""
+        if image is None or not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+            raise VaelabError("no image: upload a picture")
+        if image.shape[0] * image.shape[1] > MAX_UPLOAD_PIXELS:
+            raise _too_large(image.shape[1], image.shape[0])
+        channels, height, width = self.model.shape
+        picture = Image.fromarray(image.astype(np.uint8)).convert("L" if channels == 1 else
+                                                                  "RGB")
+        fitted = np.asarray(ImageOps.fit(picture, (width, height), Image.Resampling.BILINEAR))
+        return fitted[None] if channels == 1 else fitted.transpose(2, 0, 1).copy()
 
     def project(self, codes: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, 2): the first two principal coordinates (the second 0 when D = 1)."""
@@ -100,18 +128,24 @@ class Explorer:
         return torch.nn.functional.pad(coordinates, (0, 2 - coordinates.shape[1]))
 
 
-def enlarge(image: torch.Tensor) -> np.ndarray:
-    """(1, 28, 28) in [0, 1] (white ink) -> (224, 224) uint8, dark ink on white, nearest
-    neighbour so the pixels stay visible."""
-    pixels = ((1 - image[0].clamp(0, 1)) * 255).round().to(torch.uint8).numpy()
-    return np.kron(pixels, np.ones((SHOWN, SHOWN), dtype=np.uint8))
+def enlarge(image: torch.Tensor, ink: bool = True) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> uint8 enlarged (nearest neighbour, so the pixels stay visible)
+    to about SHOWN_SIDE pixels: (H', W') for grey, dark ink on white with `ink`; (H', W', 3)
+    for colour."""
+    times = max(1, SHOWN_SIDE // max(image.shape[1:]))
+    shown = 1 - image if ink and image.shape[0] == 1 else image
+    pixels = (shown.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    block = np.ones((times, times, 1), dtype=np.uint8)
+    enlarged = np.kron(pixels, block)
+    return enlarged[..., 0] if image.shape[0] == 1 else enlarged
 
 
-def enlarge_row(images: torch.Tensor) -> np.ndarray:
-    """(N, 1, 28, 28) -> one row of enlarged digits with white gaps between them."""
-    gap = np.full((28 * SHOWN, SHOWN), 255, dtype=np.uint8)
-    parts = [part for image in images for part in (enlarge(image), gap)]
-    return np.concatenate(parts[:-1], axis=1)
+def enlarge_row(images: torch.Tensor, ink: bool = True) -> np.ndarray:
+    """(N, C, H, W) -> one row of enlarged images with white gaps between them."""
+    parts = [enlarge(image, ink) for image in images]
+    gap = np.full((parts[0].shape[0], 8, *parts[0].shape[2:]), 255, dtype=np.uint8)
+    row = [part for image in parts for part in (image, gap)]
+    return np.concatenate(row[:-1], axis=1)
 
 
 def read_picture(path: str) -> np.ndarray:
@@ -187,10 +221,12 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
 class LatentMap:
     """The validation codes' 2-D scatter, rendered once; marking a point only draws a cross."""
 
-    def __init__(self, points: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, points: torch.Tensor, labels: torch.Tensor | None,
+                 classes: tuple[str, ...] = ()):
         figure = Figure(figsize=(5, 4.6), dpi=100, layout="constrained")
         axes = figure.add_subplot()
-        plots.scatter_codes(axes, points, labels, "principal direction", size=2, alpha=0.6)
+        plots.scatter_codes(axes, points, labels, classes, "principal direction", size=2,
+                            alpha=0.6)
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
         self.image = np.asarray(canvas.buffer_rgba())[..., :3].copy()

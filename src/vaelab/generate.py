@@ -1,6 +1,6 @@
 """What a trained model shows, as tensors: reconstructions, samples, interpolations, latent maps.
 
-Images come back as Bernoulli means sigmoid(logits) in [0, 1], shape (N, 1, 28, 28), on the CPU.
+Images come back as the likelihood's means E[x|z] in [0, 1], shape (N, C, H, W), on the CPU.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _device(model: VAE) -> torch.device:
 
 @torch.inference_mode()
 def encode_means(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Posterior means mu(x) of uint8 images (N, 1, 28, 28) -> (N, D), CPU."""
+    """Posterior means mu(x) of uint8 images (N, C, H, W) -> (N, D), CPU."""
     device = _device(model)
     return torch.cat([model.encode(to_float(images[i:i + batch_size].to(device)))[0].cpu()
                       for i in range(0, len(images), batch_size)])
@@ -30,8 +30,8 @@ def encode_means(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> to
 
 @torch.inference_mode()
 def decode_means(model: VAE, z: torch.Tensor) -> torch.Tensor:
-    """Latent points (N, D) -> Bernoulli means (N, 1, 28, 28), CPU."""
-    return torch.sigmoid(model.decode(z.to(_device(model)))).cpu()
+    """Latent points (N, D) -> the pictures they decode to, E[x|z] (N, C, H, W), CPU."""
+    return model.decode_mean(z.to(_device(model))).cpu()
 
 
 @torch.inference_mode()
@@ -77,31 +77,60 @@ def interpolate_at(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor | float,
 @torch.inference_mode()
 def interpolate(model: VAE, image_a: torch.Tensor, image_b: torch.Tensor, steps: int = 10,
                 spherical: bool = False) -> torch.Tensor:
-    """Decode `steps` points between the posterior means of two uint8 images (1, 28, 28)."""
+    """Decode `steps` points between the posterior means of two uint8 images (C, H, W)."""
     mu = encode_means(model, torch.stack([image_a, image_b]))
     return decode_means(model, interpolation_path(mu[0], mu[1], steps, spherical))
 
 
-def pick_pairs(split: Split, digit_a: int, digit_b: int, pairs: int) -> list[tuple[int, int]]:
-    """The first `pairs` images of class a matched with the first of class b (deterministic).
-    For one class with itself, the first `pairs` images go to the next `pairs`: never an image
-    to itself."""
-    for digit in (digit_a, digit_b):
-        if not 0 <= digit <= 9:
-            raise VaelabError(f"digit {digit} is not a class: choose 0-9")
-    same = digit_a == digit_b
+def class_index(split: Split, name: str | int) -> int:
+    """A class given by name (as its folder is called) or by index -> its index."""
+    text = str(name)
+    if text in split.classes:
+        return split.classes.index(text)
+    if text.isdigit() and int(text) < len(split.classes):
+        return int(text)
+    shown = ", ".join(split.classes[:12]) + (", ..." if len(split.classes) > 12 else "")
+    raise VaelabError(f"class {text!r} is not one of this run's classes: {shown}")
+
+
+def pick_pairs(split: Split, source: str | int, target: str | int, pairs: int
+               ) -> list[tuple[int, int]]:
+    """Pairs of validation images to interpolate between. Labelled data: the first `pairs`
+    images of class `source` matched with the first of class `target` (deterministic); for one
+    class with itself, the first `pairs` images go to the next `pairs`, never an image to
+    itself. Unlabelled data: `source` and `target` are the two images' indices."""
+    if split.labels is None:
+        chosen = []
+        for index in (source, target):
+            if not str(index).isdigit() or int(index) >= len(split):
+                raise VaelabError(f"--from/--to {index!r}: this run's data have no classes, so "
+                                  f"they name validation images 0-{len(split) - 1}")
+            chosen.append(int(index))
+        return [(chosen[0], chosen[1])]
+    a, b = class_index(split, source), class_index(split, target)
+    same = a == b
     indices = []
-    for digit in {digit_a: None, digit_b: None}:  # each class once, in order
-        found = torch.nonzero(split.labels == digit).flatten()[:2 * pairs if same else pairs]
+    for label in {a: None, b: None}:  # each class once, in order
+        found = torch.nonzero(split.labels == label).flatten()[:2 * pairs if same else pairs]
         if len(found) < (2 if same else 1):
-            raise VaelabError(f"no {'two images' if same else 'image'} of class {digit} in the "
-                              "validation data; choose a class it holds, or pick images with "
-                              "--index I J")
+            raise VaelabError(f"no {'two images' if same else 'image'} of class "
+                              f"{split.classes[label]!r} in the validation data; choose a class "
+                              "it holds, or pick images with --index I J")
         indices.append(found.tolist())
     if same:
         half = len(indices[0]) // 2
         return list(zip(indices[0][:half], indices[0][half:2 * half]))
     return list(zip(*indices))
+
+
+def default_pair(split: Split) -> tuple[str, str]:
+    """The seed's 6 -> 8 where those are classes; else the first two classes; for unlabelled
+    data, validation images 0 -> 1."""
+    if split.labels is None:
+        return "0", "1"
+    if {"6", "8"} <= set(split.classes):
+        return "6", "8"
+    return split.classes[0], split.classes[min(1, len(split.classes) - 1)]
 
 
 def project_2d(codes: torch.Tensor, method: str = "pca", seed: int = 0) -> torch.Tensor:

@@ -27,18 +27,11 @@ class ELBOTerms(NamedTuple):
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log p(x|z) = -sum_pixels [x log s + (1 - x) log(1 - s)],  s = sigmoid(logits).
 
-    logits, x: (B, 1, 28, 28) -> (B,). Computed from logits (log-sum-exp form), so it
+    logits, x: (B, C, H, W) -> (B,). Computed from logits (log-sum-exp form), so it
     stays finite where sigmoid saturates; x may be grayscale in [0, 1] (the seed's targets).
     """
     pixel_nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     return pixel_nll.flatten(1).sum(1)
-
-
-def bernoulli_nll_samples(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """-log p(x|z_k) for K decodes of each image: logits (K, B, 1, 28, 28), x (B, 1, 28, 28)
-    -> (K, B)."""
-    nll = bernoulli_nll(logits.flatten(0, 1), x.expand_as(logits).flatten(0, 1))
-    return nll.view(logits.shape[:2])
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -49,10 +42,12 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
 
 
-def elbo_terms(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+def elbo_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                beta: float = 1.0) -> ELBOTerms:
-    """The negative ELBO and its parts for one z sample per image; see ELBOTerms."""
-    recon = bernoulli_nll(logits, x)
+    """The negative ELBO and its parts for one z sample per image; see ELBOTerms.
+
+    recon: -log p(x|z) (B,), from the model's likelihood; mu, logvar: (B, D).
+    """
     kl = kl_standard_normal(mu, logvar)
     return ELBOTerms(recon + kl, recon, kl, recon + beta * kl)
 
@@ -81,14 +76,13 @@ def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
 
 
-def iwae_terms(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
-               logvar: torch.Tensor, beta: float = 1.0) -> ELBOTerms:
+def iwae_terms(nll: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+               beta: float = 1.0) -> ELBOTerms:
     """K samples per image: objective = -L_K (the IWAE bound, Burda et al. 2016); the
     reported recon (averaged over the K samples) and analytic KL still add to the -ELBO.
 
-    logits: (K, B, 1, 28, 28); x: (B, 1, 28, 28); z: (K, B, D); mu, logvar: (B, D).
+    nll: -log p(x|z_k) (K, B); z: (K, B, D); mu, logvar: (B, D).
     """
-    nll = bernoulli_nll_samples(logits, x)
     recon, kl = nll.mean(0), kl_standard_normal(mu, logvar)
     objective = -iwae_bound(log_importance_weights(-nll, z, mu, logvar, beta))
     return ELBOTerms(recon + kl, recon, kl, objective)

@@ -1,81 +1,201 @@
-"""The seed's convolutional VAE: encoder -> (mu, log sigma^2), reparameterize, decoder -> logits.
+"""The VAE: encoder -> (mu, log sigma^2), reparameterize, decoder -> the likelihood's parameters.
+
+`build_model(config)` is the one place that knows the architectures. For 1x28x28 images the
+default ("conv") is the seed's network exactly (258,025 parameters):
 
     Encoder  1x28x28 -Conv(4,s2)+ReLU-> 32x14x14 -Conv(4,s2)+ReLU-> 64x7x7 -Flatten-> 3136
              -> Linear(3136, D) = mu,  Linear(3136, D) = log sigma^2
     Decoder  D -Linear+ReLU-> 3136 = 64x7x7 -ConvT(4,s2)+ReLU-> 32x14x14 -ConvT(4,s2)-> 1x28x28
 
-The decoder returns Bernoulli *logits*; the loss applies the sigmoid inside
-`binary_cross_entropy_with_logits`, which is exact where sigmoid + BCE saturates.
+Other sizes get the same pattern with one stride-2 stage per halving (widths 32, 64, 128, 256)
+while each side stays even and at least 4 (28 -> 14 -> 7: two stages; 64 -> ... -> 4: four).
+"resnet" is a wider residual network on the same stages, for colour images.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
-_HIDDEN = (64, 7, 7)
+from .errors import ConfigError
+from .likelihoods import LIKELIHOODS
+
+if TYPE_CHECKING:
+    from .config import Config
+
+SEED_SHAPE = (1, 28, 28)
+SMALLEST_FEATURE_MAP = 4  # halving stops before a side would drop below this
+FEWEST_STAGES = 2  # as the seed's network: fewer leaves the linear layers doing the work
+ARCHS = ("conv", "resnet")
 
 
 class Decoded(NamedTuple):
     """One pass through the VAE. With K samples per image every z-shaped tensor gains a
-    leading K: logits (K, B, 1, 28, 28), z (K, B, D); mu and logvar stay (B, D)."""
+    leading K: params (K, B, C * P, H, W), z (K, B, D); mu and logvar stay (B, D)."""
 
-    logits: torch.Tensor
+    params: torch.Tensor
     z: torch.Tensor
     mu: torch.Tensor
     logvar: torch.Tensor
 
 
+def stages(side: int) -> int:
+    """How many times a side can be halved while it stays even and >= SMALLEST_FEATURE_MAP."""
+    count = 0
+    while side % 2 ** (count + 1) == 0 and side // 2 ** (count + 1) >= SMALLEST_FEATURE_MAP:
+        count += 1
+    return count
+
+
+def check_shape(shape: tuple[int, int, int], arch: str) -> int:
+    """The number of stride-2 stages for images of `shape` (C, H, W); a one-line error if the
+    architecture cannot take them."""
+    channels, height, width = shape
+    if channels not in (1, 3):
+        raise ConfigError(f"images with {channels} channels cannot be modelled: use --channels "
+                          "1 (grey) or 3 (colour)")
+    count = min(stages(height), stages(width))
+    if count < FEWEST_STAGES:
+        raise ConfigError(f"images of {height}x{width} cannot be taken by --arch {arch}: each "
+                          "side must be a multiple of 4 and at least 16 (e.g. 28, 32, 64); "
+                          "resize them with --image-size")
+    return count
+
+
+def _widths(count: int, first: int, most: int = 256) -> list[int]:
+    return [min(first * 2 ** i, most) for i in range(count)]
+
+
 class Encoder(nn.Module):
-    def __init__(self, latent_dim: int):
+    """The seed's convolutional encoder, generalized: (B, C, H, W) -> mu, logvar (B, D)."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int] = SEED_SHAPE):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, kernel_size=4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=4, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(),
-        )
-        self.mu = nn.Linear(64 * 7 * 7, latent_dim)
-        self.logvar = nn.Linear(64 * 7 * 7, latent_dim)
+        count = check_shape(shape, "conv")
+        layers: list[nn.Module] = []
+        channels = shape[0]
+        for width in _widths(count, 32):
+            layers += [nn.Conv2d(channels, width, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+            channels = width
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        hidden = channels * (shape[1] >> count) * (shape[2] >> count)
+        self.mu = nn.Linear(hidden, latent_dim)
+        self.logvar = nn.Linear(hidden, latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, 1, 28, 28) in [0, 1] -> mu, logvar: (B, D)."""
         h = self.features(x)
         return self.mu(h), self.logvar(h)
 
 
 class Decoder(nn.Module):
-    def __init__(self, latent_dim: int):
+    """The seed's decoder, generalized: z (B, D) -> (B, outputs, H, W)."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int] = SEED_SHAPE,
+                 outputs: int = 1):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, 64 * 7 * 7), nn.ReLU(),
-            nn.Unflatten(1, _HIDDEN),
-            nn.ConvTranspose2d(64, 32, kernel_size=4, stride=2, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(32, 1, kernel_size=4, stride=2, padding=1),
-        )
+        count = check_shape(shape, "conv")
+        widths = _widths(count, 32)
+        hidden = (widths[-1], shape[1] >> count, shape[2] >> count)
+        layers: list[nn.Module] = [nn.Linear(latent_dim, hidden[0] * hidden[1] * hidden[2]),
+                                   nn.ReLU(), nn.Unflatten(1, hidden)]
+        for wide, narrow in zip(widths[:0:-1], widths[-2::-1]):
+            layers += [nn.ConvTranspose2d(wide, narrow, kernel_size=4, stride=2, padding=1),
+                       nn.ReLU()]
+        layers.append(nn.ConvTranspose2d(widths[0], outputs, kernel_size=4, stride=2, padding=1))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, D) -> Bernoulli logits (B, 1, 28, 28)."""
         return self.net(z)
 
 
-class VAE(nn.Module):
-    """q(z|x) = N(mu(x), diag sigma^2(x)),  p(z) = N(0, I),  p(x|z) = Bernoulli(sigmoid(logits))."""
+class ResidualBlock(nn.Module):
+    """x + conv(act(norm(conv(act(norm(x)))))): GroupNorm, as it does not depend on the batch
+    (an image's likelihood must not change with the images evaluated beside it)."""
 
-    def __init__(self, latent_dim: int = 20):
+    def __init__(self, channels: int):
         super().__init__()
-        self.latent_dim = latent_dim
-        self.encoder = Encoder(latent_dim)
-        self.decoder = Decoder(latent_dim)
+        self.body = nn.Sequential(
+            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResNetEncoder(nn.Module):
+    """Stem conv, then per stage a residual block and a stride-2 conv (widths 64, 128, 128, ...)."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int]):
+        super().__init__()
+        count = check_shape(shape, "resnet")
+        widths = _widths(count + 1, 64, 128)
+        layers: list[nn.Module] = [nn.Conv2d(shape[0], widths[0], 3, padding=1)]
+        for narrow, wide in zip(widths, widths[1:]):
+            layers += [ResidualBlock(narrow), nn.Conv2d(narrow, wide, 4, stride=2, padding=1)]
+        layers += [ResidualBlock(widths[-1]), nn.GroupNorm(8, widths[-1]), nn.SiLU(),
+                   nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        hidden = widths[-1] * (shape[1] >> count) * (shape[2] >> count)
+        self.mu = nn.Linear(hidden, latent_dim)
+        self.logvar = nn.Linear(hidden, latent_dim)
+
+    forward = Encoder.forward
+
+
+class ResNetDecoder(nn.Module):
+    """The encoder mirrored: stride-2 transposed convs, each followed by a residual block."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], outputs: int):
+        super().__init__()
+        count = check_shape(shape, "resnet")
+        widths = _widths(count + 1, 64, 128)
+        hidden = (widths[-1], shape[1] >> count, shape[2] >> count)
+        layers: list[nn.Module] = [nn.Linear(latent_dim, hidden[0] * hidden[1] * hidden[2]),
+                                   nn.Unflatten(1, hidden), ResidualBlock(widths[-1])]
+        for wide, narrow in zip(widths[::-1], widths[-2::-1]):
+            layers += [nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1),
+                       ResidualBlock(narrow)]
+        layers += [nn.GroupNorm(8, widths[0]), nn.SiLU(), nn.Conv2d(widths[0], outputs, 3,
+                                                                    padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    forward = Decoder.forward
+
+
+class VAE(nn.Module):
+    """q(z|x) = N(mu(x), diag sigma^2(x)),  p(z) = N(0, I),  p(x|z) = `likelihood` with the
+    decoder's outputs as its parameters (the seed's: Bernoulli logits)."""
+
+    def __init__(self, latent_dim: int = 20, shape: tuple[int, int, int] = SEED_SHAPE,
+                 arch: str = "conv", likelihood: str = "bernoulli"):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ConfigError(f"arch {arch!r} is unknown: choose one of {', '.join(ARCHS)}")
+        self.latent_dim, self.shape, self.arch = latent_dim, tuple(shape), arch
+        self.likelihood = LIKELIHOODS[likelihood]()
+        outputs = shape[0] * self.likelihood.params_per_channel
+        if arch == "conv":
+            self.encoder, self.decoder = Encoder(latent_dim, shape), Decoder(latent_dim, shape,
+                                                                             outputs)
+        else:
+            self.encoder = ResNetEncoder(latent_dim, shape)
+            self.decoder = ResNetDecoder(latent_dim, shape, outputs)
 
     # Outputs are float32 even under bf16 autocast: the sampling and the loss need the precision.
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C, H, W) in [0, 1] -> mu, logvar: (B, D)."""
         mu, logvar = self.encoder(x)
         return mu.float(), logvar.float()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, D) -> the likelihood's parameters (B, C * P, H, W)."""
         return self.decoder(z).float()
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, D) -> the picture to show, E[x|z] (B, C, H, W) in [0, 1]."""
+        return self.likelihood.mean(self.decode(z))
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
@@ -94,12 +214,12 @@ class VAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """z (K, B, D) -> logits (K, B, 1, 28, 28): all K x B decoded in one batch."""
+        """z (K, B, D) -> params (K, B, C * P, H, W): all K x B decoded in one batch."""
         return self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
                 samples: int | None = None) -> Decoded:
-        """x: (B, 1, 28, 28) -> one z per image, or `samples` of them (the IWAE bound's),
+        """x: (B, C, H, W) -> one z per image, or `samples` of them (the IWAE bound's),
         decoded. Both go through forward so that torch.compile (and any wrapper) sees them."""
         mu, logvar = self.encode(x)
         if samples is None:
@@ -107,6 +227,11 @@ class VAE(nn.Module):
             return Decoded(self.decode(z), z, mu, logvar)
         z = self.sample_latents(mu, logvar, samples, generator)
         return Decoded(self.decode_latents(z), z, mu, logvar)
+
+
+def build_model(config: Config) -> VAE:
+    """The network a config describes: its latent size, image shape and architecture."""
+    return VAE(config.latent_dim, config.image_shape, config.arch)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,7 +1,9 @@
 """Figures from tensors (matplotlib, object-oriented API: no global pyplot state, no display).
 
-Image figures are exact: each 28x28 digit is upscaled SCALE times (nearest neighbour) with a
-title band above, so a PNG's pixel size follows from its grid alone (`grid_figure_size`).
+Image figures are exact: each image is upscaled a whole number of times (nearest neighbour;
+3x for 28x28) with a title band above, so a PNG's pixel size follows from its grid alone
+(`grid_figure_size`). Grey images of the IDX sets (light on black) are shown as dark ink on
+white, as the seed's figures; your own images are shown as they are, in colour if they are.
 """
 
 from __future__ import annotations
@@ -17,66 +19,92 @@ from torchvision.utils import make_grid
 from .checkpoint import atomic_open
 from .errors import VaelabError
 
-SCALE = 3       # screen pixels per image pixel
+SHOWN_SIDE = 84  # screen pixels an image's longer side is scaled up to, at least
 TITLE_PX = 36   # height of the title band
 DPI = 100
 PAD = 2         # make_grid's padding between digits
 
 
-def grid_figure_size(rows: int, cols: int) -> tuple[int, int]:
-    """(width, height) in pixels of an image-grid figure with rows x cols digits."""
-    return (cols * (28 + PAD) + PAD) * SCALE, (rows * (28 + PAD) + PAD) * SCALE + TITLE_PX
+def scale(image_height: int, image_width: int) -> int:
+    """Screen pixels per image pixel: 3 for 28x28, 1 from 84x84 up."""
+    return max(1, SHOWN_SIDE // max(image_height, image_width))
 
 
-def image_grid(images: torch.Tensor, cols: int, title: str) -> Figure:
-    """Images (N, 1, 28, 28) in [0, 1] in rows of `cols`, white gaps, black ink on white."""
-    grid = make_grid(1 - images.float(), nrow=cols, padding=PAD, pad_value=1.0)[0].numpy()
+def grid_figure_size(rows: int, cols: int, image_height: int = 28, image_width: int = 28
+                     ) -> tuple[int, int]:
+    """(width, height) in pixels of an image-grid figure with rows x cols images."""
+    times = scale(image_height, image_width)
+    return ((cols * (image_width + PAD) + PAD) * times,
+            (rows * (image_height + PAD) + PAD) * times + TITLE_PX)
+
+
+def image_grid(images: torch.Tensor, cols: int, title: str, ink: bool = True) -> Figure:
+    """Images (N, C, H, W) in [0, 1] in rows of `cols` with white gaps; `ink` shows grey
+    images inverted (dark ink on white paper)."""
+    images = images.float()
+    grey = images.shape[1] == 1
+    shown = 1 - images if grey and ink else images
+    grid = make_grid(shown, nrow=cols, padding=PAD, pad_value=1.0)
     rows = math.ceil(len(images) / cols)
-    width, height = grid_figure_size(rows, min(cols, len(images)))
+    width, height = grid_figure_size(rows, min(cols, len(images)), *images.shape[2:])
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     axes = figure.add_axes((0, 0, 1, 1 - TITLE_PX / height))
-    axes.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    pixels = grid[0].numpy() if grey else grid.permute(1, 2, 0).clamp(0, 1).numpy()
+    axes.imshow(pixels, cmap="gray" if grey else None, vmin=0, vmax=1, interpolation="nearest",
+                aspect="auto")
     axes.set_axis_off()
     figure.text(0.5, 1 - TITLE_PX / height / 2, title, ha="center", va="center", fontsize=11)
     return figure
 
 
-def reconstructions(originals: torch.Tensor, decoded: torch.Tensor, sampled: bool) -> Figure:
+def reconstructions(originals: torch.Tensor, decoded: torch.Tensor, sampled: bool,
+                    ink: bool = True) -> Figure:
     how = "z ~ q(z|x)" if sampled else "the posterior mean"
     return image_grid(torch.cat([originals, decoded]), len(originals),
-                      f"Top: validation images. Bottom: decoded from {how}")
+                      f"Top: validation images. Bottom: decoded from {how}", ink)
 
 
-def samples(images: torch.Tensor, temperature: float) -> Figure:
+def samples(images: torch.Tensor, temperature: float, ink: bool = True) -> Figure:
     cols = math.ceil(math.sqrt(len(images)))
     spread = "I" if temperature == 1 else f"{temperature:g}² I"
-    return image_grid(images, cols, f"New digits: decoded z ~ N(0, {spread})")
+    return image_grid(images, cols, f"New images: decoded z ~ N(0, {spread})", ink)
 
 
-def interpolations(strips: torch.Tensor, description: str) -> Figure:
-    """strips: (pairs, steps, 1, 28, 28), one pair per row."""
-    return image_grid(strips.flatten(0, 1), strips.shape[1], description)
+def interpolations(strips: torch.Tensor, description: str, ink: bool = True) -> Figure:
+    """strips: (pairs, steps, C, H, W), one pair per row."""
+    return image_grid(strips.flatten(0, 1), strips.shape[1], description, ink)
 
 
-def manifold(images: torch.Tensor) -> Figure:
+def manifold(images: torch.Tensor, ink: bool = True) -> Figure:
     n = math.isqrt(len(images))
-    return image_grid(images, n, "Decoded grid over the prior's quantiles (z1 →, z2 ↑)")
+    return image_grid(images, n, "Decoded grid over the prior's quantiles (z1 →, z2 ↑)", ink)
 
 
-def latent_scatter(points: torch.Tensor, labels: torch.Tensor, method: str) -> Figure:
+def latent_scatter(points: torch.Tensor, labels: torch.Tensor | None, classes: tuple[str, ...],
+                   method: str) -> Figure:
     figure = Figure(figsize=(7, 6), dpi=DPI)
     axes = figure.add_subplot()
-    scatter_codes(axes, points, labels, method, size=3, alpha=0.7)
+    scatter_codes(axes, points, labels, classes, method, size=3, alpha=0.7)
     axes.set_title(f"Validation posterior means, {method}")
     return figure
 
 
-def scatter_codes(axes, points: torch.Tensor, labels: torch.Tensor, axis_name: str,
-                  size: float, alpha: float) -> None:
-    """2-D codes (N, 2) as dots coloured by digit, with a colour bar of the ten classes."""
-    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5,
-                           vmax=9.5, s=size, alpha=alpha, linewidths=0, rasterized=True)
-    axes.figure.colorbar(scatter, ax=axes, ticks=range(10), label="digit")
+def scatter_codes(axes, points: torch.Tensor, labels: torch.Tensor | None,
+                  classes: tuple[str, ...], axis_name: str, size: float, alpha: float) -> None:
+    """2-D codes (N, 2) as dots coloured by class, with a colour bar naming the classes
+    (one colour, no bar, for unlabelled data)."""
+    if labels is None:
+        axes.scatter(points[:, 0], points[:, 1], color="tab:blue", s=size, alpha=alpha,
+                     linewidths=0, rasterized=True)
+    else:
+        count = max(len(classes), 1)
+        scatter = axes.scatter(points[:, 0], points[:, 1], c=labels,
+                               cmap="tab10" if count <= 10 else "tab20" if count <= 20 else
+                               "viridis", vmin=-0.5, vmax=count - 0.5, s=size, alpha=alpha,
+                               linewidths=0, rasterized=True)
+        ticks = range(0, count, max(1, count // 20))
+        bar = axes.figure.colorbar(scatter, ax=axes, ticks=list(ticks), label="class")
+        bar.ax.set_yticklabels([classes[i] for i in ticks])
     axes.set_xlabel(f"{axis_name} 1")
     axes.set_ylabel(f"{axis_name} 2")
 

@@ -17,7 +17,7 @@ import math
 import torch
 
 from .errors import VaelabError
-from .losses import bernoulli_nll, gaussian_log_density
+from .losses import gaussian_log_density
 from .model import VAE
 
 RADIUS = 8.0  # the prior puts under 1e-14 of its mass beyond 8 standard deviations
@@ -30,14 +30,15 @@ DECODES = 4096  # latent points decoded at once
 
 @torch.inference_mode()
 def log_joint(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p(x|z) + log p(z) for one image x (1, 1, 28, 28) at each row of z (M, D) -> (M,),
+    """log p(x|z) + log p(z) for one image x (1, C, H, W) at each row of z (M, D) -> (M,),
     float64 on the CPU (the decoder itself runs in float32 on the model's device)."""
     device = next(model.parameters()).device
     x = x.to(device)
     parts = []
     for chunk in z.split(DECODES):
-        logits = model.decode(chunk.float().to(device))
-        parts.append(-bernoulli_nll(logits, x.expand_as(logits)).double().cpu())
+        params = model.decode(chunk.float().to(device))
+        x_each = x.expand(len(params), *x.shape[1:])
+        parts.append(-model.likelihood.nll(params, x_each).double().cpu())
     return torch.cat(parts) + gaussian_log_density(z.double())
 
 
@@ -71,7 +72,7 @@ def integration_box(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch
 
 def log_marginal(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
                  ) -> float:
-    """log p(x) for one image x (1, 1, 28, 28) in [0, 1], given its q(z|x) = N(mu, e^logvar)
+    """log p(x) for one image x (1, C, H, W) in [0, 1], given its q(z|x) = N(mu, e^logvar)
     (D,) with D = 1 or 2. Refines the grid (doubling its resolution) until two successive
     sums agree within TOLERANCE nats."""
     dim = len(mu)
@@ -102,7 +103,7 @@ OFF_BY = 0.05  # nats: an image whose estimate misses log p(x) by more counts as
 
 def compare_with_estimate(model: VAE, images: torch.Tensor, log_px: torch.Tensor,
                           progress: bool = False) -> dict[str, float]:
-    """Exact log p(x) of each uint8 image (N, 1, 28, 28) beside its IW estimate `log_px` (N,):
+    """Exact log p(x) of each uint8 image (N, C, H, W) beside its IW estimate `log_px` (N,):
     the exact NLL, and the gap exact - estimate (positive where the estimate falls short):
     its mean, the share of images off by more than OFF_BY nats, and the worst image."""
     from tqdm.auto import tqdm

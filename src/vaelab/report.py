@@ -30,24 +30,38 @@ def _at_least(flag: str, value: float, low: float) -> None:
         raise VaelabError(f"{flag} {value} is not allowed: it must be at least {low}")
 
 
+def ink(run: Run) -> bool:
+    """The IDX sets are light strokes on black, shown as dark ink on white (the seed's look);
+    your own images are shown as they are."""
+    return run.config.data is None
+
+
 def figure_reconstructions(run: Run, val: Split, n: int = 16, sample: bool = False,
                            seed: int = 0) -> Figure:
     _at_least("--n", n, 1)
-    originals = val.images[:n]
+    # The IDX sets' first images are the seed's figure; a folder's are sorted by class, so
+    # its images are taken evenly spaced through the validation set instead.
+    spread = run.config.data is not None and len(val) > n
+    originals = val.images[torch.linspace(0, len(val) - 1, n).round().long()] if spread \
+        else val.images[:n]
     decoded = generate.reconstruct(run.model, originals, sample, seed)
-    return plots.reconstructions(to_float(originals), decoded, sample)
+    return plots.reconstructions(to_float(originals), decoded, sample, ink(run))
 
 
 def figure_samples(run: Run, n: int = 64, temperature: float = 1.0, seed: int = 0) -> Figure:
     _at_least("--n", n, 1)
     if not temperature > 0:
         raise VaelabError(f"--temperature {temperature} is not allowed: it must be > 0")
-    return plots.samples(generate.sample_prior(run.model, n, temperature, seed), temperature)
+    return plots.samples(generate.sample_prior(run.model, n, temperature, seed), temperature,
+                         ink(run))
 
 
-def figure_interpolation(run: Run, val: Split, digit_from: int = 6, digit_to: int = 8,
-                         steps: int = 10, pairs: int = 4, spherical: bool = False,
-                         index: tuple[int, int] | None = None) -> Figure:
+def figure_interpolation(run: Run, val: Split, source: str | None = None,
+                         target: str | None = None, steps: int = 10, pairs: int = 4,
+                         spherical: bool = False, index: tuple[int, int] | None = None
+                         ) -> Figure:
+    """Strips between pairs of validation images: of classes `source` and `target` (names or
+    indices; unlabelled data: two image indices), or the images `index` (I, J)."""
     _at_least("--steps", steps, 2)
     _at_least("--pairs", pairs, 1)
     if index is not None:
@@ -56,25 +70,30 @@ def figure_interpolation(run: Run, val: Split, digit_from: int = 6, digit_to: in
                 raise VaelabError(f"--index {i} is outside the validation set (0-{len(val) - 1})")
         chosen = [tuple(index)]
     else:
-        chosen = generate.pick_pairs(val, digit_from, digit_to, pairs)
+        default = generate.default_pair(val)
+        chosen = generate.pick_pairs(val, source or default[0], target or default[1], pairs)
     strips = torch.stack([generate.interpolate(run.model, val.images[i], val.images[j], steps,
                                                spherical) for i, j in chosen])
-    first, last = (int(val.labels[k]) for k in chosen[0])
     kind = "spherical" if spherical else "linear"
-    return plots.interpolations(strips, f"{first} → {last}: {kind} path between posterior "
-                                        f"means, {steps} steps")
+    return plots.interpolations(strips, f"{_name(val, chosen[0][0])} → "
+                                        f"{_name(val, chosen[0][1])}: {kind} path between "
+                                        f"posterior means, {steps} steps", ink(run))
+
+
+def _name(val: Split, index: int) -> str:
+    return val.classes[int(val.labels[index])] if val.labels is not None else f"image {index}"
 
 
 def figure_latent(run: Run, val: Split, method: str = "pca") -> Figure:
     codes = generate.encode_means(run.model, val.images)
     points = generate.project_2d(codes, method, run.config.seed)
     name = "t-SNE" if method == "tsne" else ("PCA" if codes.shape[1] > 2 else "z")
-    return plots.latent_scatter(points, val.labels, name)
+    return plots.latent_scatter(points, val.labels, val.classes, name)
 
 
 def figure_manifold(run: Run, n: int = 20) -> Figure:
     _at_least("--n", n, 2)
-    return plots.manifold(generate.manifold(run.model, n))
+    return plots.manifold(generate.manifold(run.model, n), ink(run))
 
 
 def figure_curves(run: Run) -> Figure:
@@ -96,18 +115,18 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
 
 def write_report(run_dir: str | os.PathLike, data_dir: str | None = None,
                  out: str | os.PathLike | None = None, checkpoint: str = "best",
-                 device: str | None = None) -> Path:
+                 device: str | None = None, data: str | None = None) -> Path:
     """Save every figure into RUN/figures/ and write RUN/report.html embedding them; with
     `out`, both go into that folder instead and the run folder is left as it was."""
     run = load_run(run_dir, checkpoint, device)
     figure_dir = Path(out) if out else run.path / FIGURES
-    val = validation_split(run.config, data_dir)
+    val = validation_split(run.config, data_dir, data)
     paths = {name: plots.save(figure, figure_dir / f"{name}.png")
              for name, figure in standard_figures(run, val).items()}
     report = (Path(out) if out else run.path) / REPORT
     try:
         with atomic_open(report) as file:
-            file.write(render_html(run, paths))
+            file.write(render_html(run, paths, _captions(run, val)))
     except OSError as err:
         raise VaelabError(f"cannot write {report} ({err.strerror}); is the run folder writable?")
     return report
@@ -121,32 +140,40 @@ margin:1em 0}td,th{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:ri
 th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}img{max-width:100%;
 border:1px solid #eee}figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}"""
 
-_CAPTIONS = {
-    "curves": "Negative ELBO and its two parts per epoch (nats per image).",
-    "reconstructions": "Validation digits (top) and their reconstructions from μ (bottom).",
-    "samples": "New digits: z drawn from the prior N(0, I), decoded (Bernoulli means).",
-    "interpolation": "Linear interpolation between the posterior means of validation 6s and 8s.",
-    "latent": "Posterior means of the 10,000 validation images, coloured by digit.",
-    "manifold": "The 2-D latent space decoded on a grid over the prior's quantiles.",
-}
+def _captions(run: Run, val: Split) -> dict[str, str]:
+    source, target = generate.default_pair(val)
+    between = (f"validation images of class {source} and of class {target}"
+               if val.labels is not None else f"validation images {source} and {target}")
+    coloured = ", coloured by class" if val.labels is not None else ""
+    return {
+        "curves": "Negative ELBO and its two parts per epoch (nats per image).",
+        "reconstructions": "Validation images (top) and their reconstructions from μ (bottom).",
+        "samples": "New images: z drawn from the prior N(0, I), decoded (the decoder's means).",
+        "interpolation": f"Linear interpolation between the posterior means of {between}.",
+        "latent": f"Posterior means of the {len(val):,} validation images{coloured}.",
+        "manifold": "The 2-D latent space decoded on a grid over the prior's quantiles.",
+    }
 
 
-def render_html(run: Run, figures: dict[str, Path]) -> str:
+def render_html(run: Run, figures: dict[str, Path], captions: dict[str, str]) -> str:
     last = run.metrics[-1] if run.metrics else {}
+    shape = "x".join(map(str, run.model.shape))
     sections = [
         f"<h1>vaelab run <code>{_e(run.path.name)}</code></h1>",
-        f"<p class=sub>{_e(run.config.dataset)}, {run.epoch} epochs, "
+        f"<p class=sub>{_e(run.config.data or run.config.dataset)} ({shape} images, "
+        f"{_e(run.config.arch)} network), {run.epoch} epochs, "
         f"{count_parameters(run.model):,} parameters, written "
         f"{datetime.now():%Y-%m-%d %H:%M}. Final validation loss "
         f"{last.get('val_loss', float('nan')):.2f} nats per image.</p>",
-        "<h2>Against the seed</h2>", _seed_table(run),
-        "<h2>Per epoch</h2>", _metrics_table(run),
     ]
+    if run.config.data is None and run.config.dataset == "mnist":
+        sections += ["<h2>Against the seed</h2>", _seed_table(run)]
+    sections += ["<h2>Per epoch</h2>", _metrics_table(run)]
     sections += _evaluation_section(run)
     for name, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode()
         sections.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
-                        f"<figcaption>{_e(_CAPTIONS.get(name, name))}</figcaption></figure>")
+                        f"<figcaption>{_e(captions.get(name, name))}</figcaption></figure>")
     sections += ["<h2>Config</h2>", _dict_table(run.config.to_dict())]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>vaelab "
             f"{_e(run.path.name)}</title><style>{_CSS}</style></head><body>"

@@ -22,7 +22,7 @@ import torch
 from .checkpoint import atomic_open, config_from_checkpoint, load_checkpoint, load_weights
 from .config import Config, resolve_device
 from .errors import CheckpointError, VaelabError
-from .model import VAE
+from .model import VAE, build_model
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
@@ -67,7 +67,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     payload = load_checkpoint(checkpoint_path(path, checkpoint))
     config = config_from_checkpoint(payload, path)
     target = resolve_device(device or config.device)
-    model = VAE(config.latent_dim)
+    model = build_model(config)
     load_weights(model, payload, path)
     model.to(target, memory_format=config.torch_memory_format).eval()
     return Run(path, config, model, payload["epoch"], read_metrics(path), target, checkpoint,

@@ -15,7 +15,7 @@ import torch
 from .checkpoint import load_weights
 from .config import Config
 from .losses import Totals
-from .model import VAE
+from .model import VAE, build_model
 
 
 @dataclass
@@ -36,11 +36,12 @@ class TrainingState:
     steps_per_epoch: int = 0  # set once the training set is known
     network: torch.nn.Module | None = None  # what computes: the model, or torch.compile of it
     bf16: bool = False  # autocast the network's convolutions and matmuls to bfloat16
+    data: dict[str, Any] | None = None  # what the run trains on (training.data_summary)
 
     @classmethod
     def fresh(cls, config: Config, device: torch.device) -> TrainingState:
         set_seed(config.seed)
-        model = VAE(config.latent_dim).to(device, memory_format=config.torch_memory_format)
+        model = build_model(config).to(device, memory_format=config.torch_memory_format)
         # The fused kernel does the whole update in one pass (measured 2.8x faster on CPU).
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                      fused=device.type in ("cpu", "cuda"))
@@ -57,7 +58,7 @@ class TrainingState:
             "config": self.config.to_dict(), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
             "best_val_loss": self.best_val_loss, "history": self.history,
-            "partial": self.partial.to_dict() if self.partial else None,
+            "partial": self.partial.to_dict() if self.partial else None, "data": self.data,
             "rng": {"python": random.getstate(), "numpy": _numpy_state(),
                     "torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                     "noise": self.noise.get_state(), "binarizer": self.binarizer.get_state()},

@@ -26,9 +26,17 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, resolve_device
-from .data import Split, load_data, to_float, training_images, validation_images
+from .data import (
+    Split,
+    load_data,
+    to_float,
+    training_images,
+    validation_images,
+    with_data_shape,
+)
 from .errors import NonFiniteLoss, TrainingInterrupted, VaelabError
 from .evaluate import evaluate_elbo
+from .likelihoods import nll_samples
 from .losses import ELBOTerms, Totals, elbo_terms, iwae_terms
 from .runs import (
     BEST,
@@ -47,7 +55,7 @@ from .version import __version__
 EpochCallback = Callable[[dict[str, float]], None]
 
 # Fields that only say where data lives or what runs the maths: a resume may change them.
-RESUMABLE_CHANGES = ("epochs", "data_dir", "device")
+RESUMABLE_CHANGES = ("epochs", "data_dir", "data", "device")
 
 
 def train(config: Config, out: str | Path | None = None, *, force: bool = False,
@@ -65,6 +73,7 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
                           f"--resume {run_dir}`, pick another --out, or pass --force to replace it")
     device = resolve_device(config.device)
     train_split, val_split = load_data(config)
+    config = with_data_shape(config, train_split)
     _make_run_dir(run_dir)
     with run_lock(run_dir):
         if force:
@@ -89,6 +98,7 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
         config = _resumed_config(payload, run_dir, changes)
         device = resolve_device(config.device)
         train_split, val_split = load_data(config)
+        _check_same_data(payload, train_split, val_split)
         state = TrainingState.fresh(config, device)
         state.restore(payload, run_dir / LAST)
         _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
@@ -113,6 +123,21 @@ def _resumed_config(payload: dict[str, Any], run_dir: Path, changes: dict[str, A
         raise VaelabError(f"{run_dir} follows a one-cycle schedule fitted to its "
                           f"{saved.epochs} epochs; to train longer, start a new run")
     return config
+
+
+def data_summary(train: Split, val: Split) -> dict[str, Any]:
+    """What a checkpoint records of its data, so that a resume on changed data is refused."""
+    return {"train": len(train), "val": len(val), "shape": list(train.images.shape[1:]),
+            "classes": list(train.classes)}
+
+
+def _check_same_data(payload: dict[str, Any], train: Split, val: Split) -> None:
+    saved, now = payload.get("data"), data_summary(train, val)
+    if saved is not None and saved != now:
+        changed = ", ".join(f"{key} {saved[key]} -> {now[key]}" for key in now
+                            if saved.get(key) != now[key])
+        raise VaelabError(f"the run's data changed since it was trained ({changed}); resume "
+                          "needs the same images: restore them, or start a new run")
 
 
 def kl_weight(beta: float, warmup_epochs: int, step: int, steps_per_epoch: int) -> float:
@@ -162,6 +187,7 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     val_images = validation_images(config, val_split).to(device)
     show = sys.stderr.isatty() if progress is None else progress
     state.steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
+    state.data = data_summary(train_split, val_split)
     check_writable(run_dir, 2 * _checkpoint_bytes(state, len(train_images)))
     write_config(run_dir, config)
     write_metrics(run_dir, state.history)  # matches last.pt even after a SIGKILL
@@ -246,10 +272,12 @@ def _step(state: TrainingState, x: torch.Tensor, epoch: int, batch: int,
     iwae = config.iw_train > 1
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=state.bf16):
         out = model(x, state.noise, samples=config.iw_train if iwae else None)
+    likelihood = state.model.likelihood
     if iwae:
-        terms = iwae_terms(out.logits, x, out.z, out.mu, out.logvar, beta)
+        terms = iwae_terms(nll_samples(likelihood, out.params, x), out.z, out.mu, out.logvar,
+                           beta)
     else:
-        terms = elbo_terms(out.logits, x, out.mu, out.logvar, beta)
+        terms = elbo_terms(likelihood.nll(out.params, x), out.mu, out.logvar, beta)
     objective = terms.objective.mean()
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
