@@ -73,7 +73,7 @@ def test_the_app_in_a_real_browser(served, browser, data_dir, tmp_path):
     Image.fromarray(np.kron(255 - digit, np.ones((8, 8), dtype=np.uint8))).save(tmp_path / "d.png")
     page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "d.png"))
     changed(page, "#encoded-reconstruction", None)
-    assert "Nearest validation digits" in page.locator("#encode-status").inner_text()
+    assert "Nearest validation images" in page.locator("#encode-status").inner_text()
 
     (tmp_path / "bad.png").write_text("not a picture")
     page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "bad.png"))
@@ -129,7 +129,7 @@ def test_the_other_controls_in_a_real_browser(served, browser, data_dir):
     page.mouse.up()
     page.locator("#encode-drawing").click()
     page.wait_for_function("document.querySelector('#encode-status').innerText"
-                           ".includes('Nearest validation digits')", timeout=30_000)
+                           ".includes('Nearest validation images')", timeout=30_000)
     changed(page, "#encoded-reconstruction", None)
     nearest = page.locator("#encode-status").inner_text().split(":")[1]
     assert "1" in nearest  # a vertical stroke lands among the ones

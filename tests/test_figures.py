@@ -98,13 +98,16 @@ def test_pca_projection_is_2d_and_tsne_is_available():
 
 
 def test_a_class_absent_from_the_data_is_refused():
-    split = Split(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.tensor([6, 6, 1]))
-    with pytest.raises(VaelabError, match="no image of class 8"):
+    split = Split(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.tensor([6, 6, 1]),
+                  tuple("0123456789"))
+    with pytest.raises(VaelabError, match="no image of class '8'"):
         pick_pairs(split, 6, 8, 2)
+    with pytest.raises(VaelabError, match="class 'cat' is not one of this run's classes: 0, 1"):
+        pick_pairs(split, "cat", 8, 2)
 
 
 @pytest.mark.parametrize("args, words", [
-    (["interpolate", "--from", "12"], ["digit 12 is not a class", "0-9"]),
+    (["interpolate", "--from", "12"], ["class '12' is not one", "0, 1, 2"]),
     (["interpolate", "--steps", "-2"], ["--steps -2", "at least 2"]),
     (["interpolate", "--index", "0", "99999"], ["--index 99999", "outside"]),
     (["reconstruct", "--n", "0"], ["--n 0", "at least 1"]),
@@ -180,7 +183,7 @@ def test_latent_map_is_the_pca_of_the_posterior_means(capsys, trained_run, tmp_p
     code, out, err = cli(capsys, "latent", trained_run, "--out", tmp_path)
     assert code == 0, err
     points = project_2d(encode_means(run.model, val.images))
-    expected = plots.latent_scatter(points, val.labels, "PCA")
+    expected = plots.latent_scatter(points, val.labels, val.classes, "PCA")
     assert np.array_equal(pixels(out.strip()), rendered(expected, tmp_path / "expected.png"))
 
 

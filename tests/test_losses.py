@@ -46,7 +46,7 @@ def test_elbo_terms_add_up_and_beta_weights_only_the_objective():
     generator = torch.Generator().manual_seed(2)
     logits, x = torch.randn(5, 1, 28, 28, generator=generator), torch.rand(5, 1, 28, 28)
     mu, logvar = torch.randn(5, 3, generator=generator), torch.randn(5, 3, generator=generator)
-    terms = elbo_terms(logits, x, mu, logvar, beta=0.25)
+    terms = elbo_terms(bernoulli_nll(logits, x), mu, logvar, beta=0.25)
     assert torch.allclose(terms.loss, terms.recon + terms.kl)
     assert torch.allclose(terms.objective, terms.recon + 0.25 * terms.kl)
     assert all(t.shape == (5,) for t in terms)
@@ -91,20 +91,21 @@ def test_totals_of_one_image_average_over_one_image_and_one_batch():
 
 def test_default_weights_are_one():
     """beta / kl_weight default to 1: the true ELBO and the unweighted IWAE bound."""
+    from vaelab.likelihoods import Bernoulli, nll_samples
     from vaelab.losses import iwae_terms, log_importance_weights
 
     generator = torch.Generator().manual_seed(3)
     logits, x = torch.randn(2, 1, 28, 28, generator=generator), torch.rand(2, 1, 28, 28)
     mu, logvar = torch.randn(2, 3, generator=generator), torch.randn(2, 3, generator=generator)
     z = torch.randn(4, 2, 3, generator=generator)
-    terms = elbo_terms(logits, x, mu, logvar)
+    terms = elbo_terms(bernoulli_nll(logits, x), mu, logvar)
     assert torch.equal(terms.objective, terms.recon + terms.kl)
     log_px_z = torch.randn(4, 2, generator=generator)
     assert torch.equal(log_importance_weights(log_px_z, z, mu, logvar),
                        log_importance_weights(log_px_z, z, mu, logvar, 1.0))
     many = torch.randn(4, 2, 1, 28, 28, generator=generator)
-    assert torch.equal(iwae_terms(many, x, z, mu, logvar).objective,
-                       iwae_terms(many, x, z, mu, logvar, 1.0).objective)
+    assert torch.equal(iwae_terms(nll_samples(Bernoulli(), many, x), z, mu, logvar).objective,
+                       iwae_terms(nll_samples(Bernoulli(), many, x), z, mu, logvar, 1.0).objective)
 
 
 def test_gaussian_log_density_is_the_normal_log_pdf():

@@ -163,6 +163,33 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+SMALLEST_FEATURE_MAP = 4  # halving stops before a side would drop below this
+FEWEST_STAGES = 2  # as the seed's network: fewer leaves the linear layers doing the work
+
+
+def stages(side: int) -> int:
+    """How many times a side can be halved while it stays even and >= SMALLEST_FEATURE_MAP."""
+    count = 0
+    while side % 2 ** (count + 1) == 0 and side // 2 ** (count + 1) >= SMALLEST_FEATURE_MAP:
+        count += 1
+    return count
+
+
+def check_shape(shape: tuple[int, int, int], arch: str) -> int:
+    """The number of stride-2 stages for images of `shape` (C, H, W); a one-line error if the
+    architecture cannot take them."""
+    channels, height, width = shape
+    if channels not in (1, 3):
+        raise ConfigError(f"images with {channels} channels cannot be modelled: use --channels "
+                          "1 (grey) or 3 (colour)")
+    count = min(stages(height), stages(width))
+    if count < FEWEST_STAGES:
+        raise ConfigError(f"images of {height}x{width} cannot be taken by --arch {arch}: each "
+                          "side must be a multiple of 4 and at least 16 (e.g. 28, 32, 64); "
+                          "resize them with --image-size")
+    return count
+
+
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
@@ -226,8 +253,6 @@ def _check_values(c: Config) -> None:
             c.image_size is not None and c.height not in (None, c.image_size)):
         _fail("height", c.height, "height and width are recorded together from the data")
     if c.image_size is not None:
-        from .model import check_shape  # torch is imported only once a config is checked
-
         check_shape((c.channels or 1, c.image_size, c.image_size), c.arch)
     if not (math.isfinite(c.lr) and c.lr > 0):
         _fail("lr", c.lr, "must be a finite number > 0, e.g. 1e-3")

@@ -108,7 +108,9 @@ def load_data(config: Config) -> tuple[Split, Split]:
     if config.data is not None:
         from .sources import load_image_data
 
-        train, val = load_image_data(config)
+        images, labels, classes, is_val = load_image_data(config)
+        train, val = (Split(images[part], labels[part] if labels is not None else None, classes)
+                      for part in (torch.nonzero(~is_val)[:, 0], torch.nonzero(is_val)[:, 0]))
     else:
         train, val = (_resized(config, load_split(config.dataset, split, config.data_dir))
                       for split in ("train", "val"))

@@ -1,5 +1,4 @@
-"""Your own images -> the same uint8 Splits the IDX sets give: a folder of image files or an
-.npz/.npy array, resized and converted on request, split into training and validation.
+"""A folder of image files -> one uint8 tensor (N, C, H, W), resized and converted on request.
 
 A folder is searched recursively. Class subfolders become labels in sorted order (as
 torchvision's ImageFolder does); train/ and val/ (or test/) subfolders are used as given,
@@ -18,7 +17,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -27,10 +26,6 @@ from tqdm.auto import tqdm
 
 from .errors import DataError
 from .version import __version__
-
-if TYPE_CHECKING:
-    from .config import Config
-    from .data import Split
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +205,7 @@ def read_folder(listing: Listing, size: int | None, channels: int | None,
 
 def _decode_all(listing: Listing, size: int | None, channels: int | None,
                 arch: str) -> torch.Tensor:
-    from .model import check_shape
+    from .config import check_shape
 
     files = listing.files
     with ThreadPoolExecutor(os.cpu_count()) as pool:
@@ -231,7 +226,7 @@ def _decode_all(listing: Listing, size: int | None, channels: int | None,
                  listing.root)
 
         def store(index: int) -> None:
-            images[index] = torch.from_numpy(decode(files[index], size, shape[0]))
+            images[index] = torch.from_numpy(decode(files[index], size, shape[0]).copy())
 
         with tqdm(total=len(files), unit="image", desc="decoding", leave=False,
                   disable=None) as bar:  # shown on a terminal only

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
+from .config import check_shape
 from .errors import ConfigError
 from .likelihoods import LIKELIHOODS
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from .config import Config
 
 SEED_SHAPE = (1, 28, 28)
-SMALLEST_FEATURE_MAP = 4  # halving stops before a side would drop below this
-FEWEST_STAGES = 2  # as the seed's network: fewer leaves the linear layers doing the work
 ARCHS = ("conv", "resnet")
 
 
@@ -39,29 +38,6 @@ class Decoded(NamedTuple):
     z: torch.Tensor
     mu: torch.Tensor
     logvar: torch.Tensor
-
-
-def stages(side: int) -> int:
-    """How many times a side can be halved while it stays even and >= SMALLEST_FEATURE_MAP."""
-    count = 0
-    while side % 2 ** (count + 1) == 0 and side // 2 ** (count + 1) >= SMALLEST_FEATURE_MAP:
-        count += 1
-    return count
-
-
-def check_shape(shape: tuple[int, int, int], arch: str) -> int:
-    """The number of stride-2 stages for images of `shape` (C, H, W); a one-line error if the
-    architecture cannot take them."""
-    channels, height, width = shape
-    if channels not in (1, 3):
-        raise ConfigError(f"images with {channels} channels cannot be modelled: use --channels "
-                          "1 (grey) or 3 (colour)")
-    count = min(stages(height), stages(width))
-    if count < FEWEST_STAGES:
-        raise ConfigError(f"images of {height}x{width} cannot be taken by --arch {arch}: each "
-                          "side must be a multiple of 4 and at least 16 (e.g. 28, 32, 64); "
-                          "resize them with --image-size")
-    return count
 
 
 def _widths(count: int, first: int, most: int = 256) -> list[int]:

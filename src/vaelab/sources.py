@@ -23,13 +23,14 @@ from .images import check_memory, fit, list_folder, read_folder
 
 if TYPE_CHECKING:
     from .config import Config
-    from .data import Split
 
 ARRAY_SUFFIXES = (".npz", ".npy")
 
 
-def load_image_data(config: Config) -> tuple[Split, Split]:
-    """The training and validation Splits of config.data, before --limit-train/--limit-val."""
+def load_image_data(config: Config) -> tuple[torch.Tensor, torch.Tensor | None,
+                                              tuple[str, ...], torch.Tensor]:
+    """config.data's images (N, C, H, W) uint8, labels (N,) or None, class names, and which
+    images are validation (N,) bool."""
     path = Path(config.data).expanduser()
     if path.suffix.lower() in ARRAY_SUFFIXES:
         images, labels, classes, given = _read_arrays(path)
@@ -44,15 +45,7 @@ def load_image_data(config: Config) -> tuple[Split, Split]:
     is_val = given if given is not None else held_out(labels, len(images), config, classes)
     if given is not None:
         _check_given(labels, is_val, classes, path)
-    return tuple(_subset(images, labels, classes, part) for part in (~is_val, is_val))
-
-
-def _subset(images: torch.Tensor, labels: torch.Tensor | None, classes: tuple[str, ...],
-            chosen: torch.Tensor) -> Split:
-    from .data import Split
-
-    index = torch.nonzero(chosen).flatten()
-    return Split(images[index], labels[index] if labels is not None else None, classes)
+    return images, labels, classes, is_val
 
 
 def held_out(labels: torch.Tensor | None, count: int, config: Config,
