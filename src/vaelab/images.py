@@ -58,6 +58,14 @@ def list_folder(root: Path) -> Listing:
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; point --data at a folder of images or an "
                         ".npz/.npy file")
+    listing = _list(root)
+    if not listing.files:
+        raise DataError(f"{root} holds no image files ({', '.join(EXTENSIONS[:5])}, ...); "
+                        "point --data at a folder of pictures")
+    return listing
+
+
+def _list(root: Path) -> Listing:
     splits = {name: next((root / f for f in folders if (root / f).is_dir()), None)
               for name, folders in SPLIT_FOLDERS.items()}
     if splits["train"] is not None and splits["val"] is not None:
@@ -189,9 +197,6 @@ def read_folder(listing: Listing, size: int | None, channels: int | None,
                 arch: str) -> torch.Tensor:
     """Every image of the listing as one uint8 tensor (N, C, H, W), from the cache when it
     holds this very folder decoded with these options."""
-    if not listing.files:
-        raise DataError(f"{listing.root} holds no image files ({', '.join(EXTENSIONS[:5])}, "
-                        "...); point --data at a folder of pictures")
     stats = [path.stat() for path in listing.files]
     key = _cache_key(listing, stats, size, channels)
     path = cache_dir() / f"images-{key[:24]}.pt"

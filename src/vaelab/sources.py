@@ -33,19 +33,27 @@ def load_image_data(config: Config) -> tuple[torch.Tensor, torch.Tensor | None,
     images are validation (N,) bool."""
     path = Path(config.data).expanduser()
     if path.suffix.lower() in ARRAY_SUFFIXES:
-        images, labels, classes, given = _read_arrays(path)
-        images = convert(images, config.image_size, config.channels, path)
+        arrays, labels, classes, given = _read_arrays(path)
+        is_val = _split(labels, len(arrays), classes, given, config, path)
+        images = convert(arrays, config.image_size, config.channels, path)
     else:
         listing = list_folder(path)
-        images = read_folder(listing, config.image_size, config.channels, config.arch)
         labels = torch.tensor(listing.labels) if listing.labels is not None else None
-        classes = listing.classes
         given = None if listing.given is None else torch.tensor(
             [name == "val" for name in listing.given])
-    is_val = given if given is not None else held_out(labels, len(images), config, classes)
-    if given is not None:
-        _check_given(labels, is_val, classes, path)
+        # split before decoding: a split that cannot work is reported at once
+        is_val = _split(labels, len(listing.files), listing.classes, given, config, path)
+        images = read_folder(listing, config.image_size, config.channels, config.arch)
+        classes = listing.classes
     return images, labels, classes, is_val
+
+
+def _split(labels: torch.Tensor | None, count: int, classes: tuple[str, ...],
+           given: torch.Tensor | None, config: Config, path: Path) -> torch.Tensor:
+    if given is None:
+        return held_out(labels, count, config, classes)
+    _check_given(labels, given, classes, path)
+    return given
 
 
 def held_out(labels: torch.Tensor | None, count: int, config: Config,

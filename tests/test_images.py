@@ -1,0 +1,210 @@
+"""`--data`: folders and arrays of images -> the same uint8 Splits as the IDX files; the cache."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from PIL import Image
+
+import vaelab.images as images_module
+from vaelab import Config
+from vaelab.data import load_data, load_split
+from vaelab.errors import DataError
+from vaelab.images import fit
+
+
+def write_mnist_folder(data_dir, out, *extra):
+    subprocess.run([sys.executable, REPO / "scripts" / "mnist_to_images.py", out,
+                    "--data-dir", data_dir, *map(str, extra)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mnist_pngs(data_dir, tmp_path_factory):
+    """MNIST's first 300 training and 100 test images as OUT/{train,val}/<digit>/*.png."""
+    return write_mnist_folder(data_dir, tmp_path_factory.mktemp("png") / "mnist",
+                              "--limit-train", 300, "--limit-val", 100)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("VAELAB_CACHE_DIR", str(folder))
+    return folder
+
+
+def by_class(split):
+    """The IDX order regrouped as a folder of class subfolders lists it: by class, stably."""
+    order = torch.sort(split.labels, stable=True).indices
+    return split.images[order], split.labels[order]
+
+
+def test_a_png_folder_of_mnist_loads_to_exactly_the_idx_tensors(mnist_pngs, data_dir):
+    train, val = load_data(Config(data=str(mnist_pngs)))
+    for split, name, count in ((train, "train", 300), (val, "val", 100)):
+        expected_images, expected_labels = by_class(load_split("mnist", name, data_dir, count))
+        assert split.images.dtype == torch.uint8 and split.images.shape == (count, 1, 28, 28)
+        assert torch.equal(split.images, expected_images)
+        assert torch.equal(split.labels, expected_labels)
+        assert split.classes == tuple("0123456789")
+
+
+def pictures(folder, names, size=(20, 16), mode="RGB", seed=0):
+    """Random pictures at folder/NAME for each name; returns their arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+        arrays[name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(arrays[name]).convert(mode).save(path)
+    return arrays
+
+
+def test_class_folders_are_sorted_labels_held_out_per_class_by_seed(tmp_path):
+    names = [f"{cls}/{i}.png" for cls in ("zebra", "ant") for i in range(20)]
+    pictures(tmp_path / "d", names, size=(16, 16))
+    config = Config(data=str(tmp_path / "d"), val_fraction=0.25)
+    train, val = load_data(config)
+    assert train.classes == val.classes == ("ant", "zebra")
+    assert (len(train), len(val)) == (30, 10)
+    assert val.labels.bincount().tolist() == [5, 5]  # round(0.25 x 20) of each class
+    again = load_data(config)[1]
+    other = load_data(config.replace(seed=1))[1]
+    assert torch.equal(again.images, val.images)
+    assert not torch.equal(other.images, val.images)
+
+
+def test_a_flat_folder_is_unlabelled_and_searched_recursively(tmp_path):
+    pictures(tmp_path / "d", [f"{i}.png" for i in range(6)] + ["deep/er/x.png", "deep/y.png"],
+             size=(16, 16), mode="L")
+    (tmp_path / "d" / "notes.txt").write_text("not an image, skipped by its name")
+    train, val = load_data(Config(data=str(tmp_path / "d")))
+    assert train.labels is None and val.labels is None and train.classes == ()
+    assert (len(train), len(val)) == (7, 1) and train.images.shape[1:] == (1, 16, 16)
+
+
+def test_arrays_npz_npy_and_keras_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(4), 10)
+    np.savez(tmp_path / "a.npz", images=images, labels=labels,
+             classes=np.array(["w", "x", "y", "z"]))
+    train, val = load_data(Config(data=str(tmp_path / "a.npz")))
+    assert train.classes == ("w", "x", "y", "z") and (len(train), len(val)) == (36, 4)
+    together = torch.cat([train.images, val.images])
+    assert sorted(map(bytes, together.numpy())) == sorted(
+        map(bytes, images.transpose(0, 3, 1, 2)))
+    mixed = np.tile(np.arange(4), 10)
+    np.savez(tmp_path / "k.npz", x_train=images[:30, ..., 0], y_train=mixed[:30],
+             x_test=images[30:, ..., 0], y_test=mixed[30:])
+    train, val = load_data(Config(data=str(tmp_path / "k.npz")))  # the split as given
+    assert torch.equal(val.images, torch.from_numpy(images[30:, None, ..., 0]))
+    assert val.labels.tolist() == mixed[30:].tolist() and train.classes == ("0", "1", "2", "3")
+    np.save(tmp_path / "n.npy", images)
+    train, val = load_data(Config(data=str(tmp_path / "n.npy"), channels=1))
+    assert train.labels is None and train.images.shape[1:] == (1, 16, 16)
+
+
+def test_resizing_is_torchvisions_resize_and_centre_crop(tmp_path):
+    """The reference: torchvision's Resize(S) + CenterCrop(S) on the same Pillow picture."""
+    from torchvision import transforms
+
+    reference = transforms.Compose([transforms.Resize(12), transforms.CenterCrop(12)])
+    for size in ((40, 23), (23, 40), (31, 31)):
+        picture = Image.fromarray(np.random.default_rng(1).integers(
+            0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        assert np.array_equal(fit(picture, 12, 3, "p"), np.asarray(reference(picture)))
+
+
+def test_files_and_arrays_give_the_same_tensor_after_conversion(tmp_path):
+    arrays = pictures(tmp_path / "d", [f"{i}.png" for i in range(5)], size=(24, 30))
+    np.save(tmp_path / "a.npy", np.stack([arrays[f"{i}.png"] for i in range(5)]))
+    options = dict(image_size=16, channels=1, val_fraction=0.2)
+    from_files = load_data(Config(data=str(tmp_path / "d"), **options))
+    from_array = load_data(Config(data=str(tmp_path / "a.npy"), **options))
+    for a, b in zip(from_files, from_array):
+        assert torch.equal(a.images, b.images)
+
+
+def test_sixteen_bit_and_palette_pictures_are_converted(tmp_path):
+    """16-bit grey is scaled to 8 bits (v / 257, rounded); a palette becomes its RGB colours."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    row = np.array([0, 257 * 3, 257 * 200 + 100, 65535], dtype=np.uint16)
+    for i in range(2):
+        Image.fromarray(np.tile(row, (16, 4))).save(folder / f"{i}.png")
+    assert Image.open(folder / "0.png").mode.startswith("I")  # Pillow reads it as 16-bit
+    train, val = load_data(Config(data=str(folder), val_fraction=0.5))
+    assert train.images[0, 0, 0, :4].tolist() == [0, 3, 200, 255]
+    palette = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3),
+                                                                dtype=np.uint8)).quantize(8)
+    assert palette.mode == "P"
+    assert np.array_equal(fit(palette, None, 3, "p"), np.asarray(palette.convert("RGB")))
+
+
+def test_the_cache_is_reused_and_invalidated(tmp_path, cache, monkeypatch):
+    folder = tmp_path / "d"
+    pictures(folder, [f"{c}/{i}.png" for c in "ab" for i in range(5)], size=(16, 16))
+    decoded = []
+    real = images_module.decode
+    monkeypatch.setattr(images_module, "decode", lambda *a: decoded.append(a[0]) or real(*a))
+    config = Config(data=str(folder))
+    first = load_data(config)
+    assert len(decoded) == 10 and len(list(cache.glob("images-*.pt"))) == 1
+    assert not list(folder.rglob("*.pt"))  # never beside the data
+    second = load_data(config)
+    assert len(decoded) == 10  # read from the cache
+    assert all(torch.equal(a.images, b.images) for a, b in zip(first, second))
+
+    os.utime(folder / "a" / "0.png", ns=(1, 1))  # a changed file: decoded again
+    load_data(config)
+    assert len(decoded) == 20
+    load_data(config.replace(channels=1))  # other options: another cache entry
+    assert len(decoded) == 30 and len(list(cache.glob("images-*.pt"))) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "tampered", "other version"])
+def test_a_damaged_or_foreign_cache_is_rebuilt(tmp_path, cache, monkeypatch, damage):
+    folder = tmp_path / "d"
+    pictures(folder, [f"{i}.png" for i in range(6)], size=(16, 16))
+    config = Config(data=str(folder))
+    expected = load_data(config)
+    (path,) = cache.glob("images-*.pt")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "garbage":
+        path.write_bytes(b"\0" * 1000)
+    elif damage == "tampered":  # whole and loadable, but its pixels are not what was saved
+        saved = torch.load(path, weights_only=True)
+        saved["images"][0, 0, 0, 0] ^= 1
+        torch.save(saved, path)
+    else:
+        monkeypatch.setattr(images_module, "__version__", "0.0.0-other")
+    decoded = []
+    real = images_module.decode
+    monkeypatch.setattr(images_module, "decode", lambda *a: decoded.append(a[0]) or real(*a))
+    again = load_data(config)
+    assert len(decoded) == 6
+    assert all(torch.equal(a.images, b.images) for a, b in zip(expected, again))
+
+
+def test_a_cache_folder_that_cannot_be_written_only_costs_time(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("VAELAB_CACHE_DIR", str(blocker / "cache"))
+    pictures(tmp_path / "d", [f"{i}.png" for i in range(4)], size=(16, 16))
+    train, val = load_data(Config(data=str(tmp_path / "d"), val_fraction=0.25))
+    assert (len(train), len(val)) == (3, 1)
+
+
+def test_a_symlink_loop_is_named(tmp_path):
+    pictures(tmp_path / "d", ["a/0.png", "a/1.png"], size=(16, 16))
+    (tmp_path / "d" / "a" / "loop").symlink_to(tmp_path / "d")
+    with pytest.raises(DataError, match="symbolic link loop"):
+        load_data(Config(data=str(tmp_path / "d")))

@@ -1,0 +1,297 @@
+"""Runs on your own images, through the CLI: a grey PNG folder with class subfolders, colour
+JPEGs of mixed sizes resized to 32x32, a flat unlabelled folder; and every bad input's one line."""
+
+import base64
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from helpers import cli
+from PIL import Image
+from test_app import changed, free_port, image_src, set_number
+from test_images import pictures, write_mnist_folder
+
+import vaelab.images
+from vaelab import load_run
+from vaelab.data import validation_split
+from vaelab.model import count_parameters
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    """The module's runs share one cache folder of their own (never ~/.cache)."""
+    previous = os.environ.get("VAELAB_CACHE_DIR")
+    os.environ["VAELAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        del os.environ["VAELAB_CACHE_DIR"]
+    else:
+        os.environ["VAELAB_CACHE_DIR"] = previous
+
+
+def train_on(folder, out, *flags):
+    from vaelab.cli import main
+
+    code = main(["train", "--data", str(folder), "--out", str(out), "--epochs", "1",
+                 "--latent-dim", "8", "--quiet", *map(str, flags)])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def grey_run(data_dir, tmp_path_factory):
+    """MNIST as PNGs in class subfolders (train/ and val/ as given)."""
+    base = tmp_path_factory.mktemp("grey")
+    folder = write_mnist_folder(data_dir, base / "pngs", "--limit-train", 640,
+                                "--limit-val", 160)
+    return train_on(folder, base / "run")
+
+
+@pytest.fixture(scope="module")
+def colour_run(data_dir, tmp_path_factory):
+    """Colour MNIST as RGB JPEGs of sides 28, 36 and 44, resized to 32x32 for the model."""
+    base = tmp_path_factory.mktemp("colour")
+    folder = write_mnist_folder(data_dir, base / "jpgs", "--colour", "--format", "jpg",
+                                "--sizes", "28,36,44", "--limit-train", 640,
+                                "--limit-val", 160)
+    return train_on(folder, base / "run", "--image-size", 32, "--channels", 3)
+
+
+def test_the_runs_record_their_data_and_rebuild_their_model(grey_run, colour_run):
+    for run_dir, shape in ((grey_run, (1, 28, 28)), (colour_run, (3, 32, 32))):
+        saved = json.loads((run_dir / "config.json").read_text())
+        assert (saved["channels"], saved["height"], saved["width"]) == shape
+        assert saved["data"] and saved["arch"] == "conv"
+        run = load_run(run_dir)
+        assert run.model.shape == shape
+        x = torch.rand(2, *shape)
+        assert run.model.decode_mean(run.model.encode(x)[0]).shape == (2, *shape)
+    grey = load_run(grey_run)  # 1x28x28 with latent size 8: the seed's layers, other D
+    assert count_parameters(grey.model) == 258_025 - 2 * (20 - 8) * (3136 + 1) - (20 - 8) * 3136
+
+
+def is_colour(path):
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return np.abs(pixels[..., 0] - pixels[..., 1]).max() > 3  # grey figures have R = G = B
+
+
+@pytest.mark.parametrize("command", [
+    ["reconstruct"], ["reconstruct", "--sample"], ["sample", "--n", "16"],
+    ["interpolate", "--from", "3", "--to", "5"], ["interpolate", "--index", "0", "7"],
+    ["latent"], ["curves"],
+])
+def test_every_figure_command_on_both_runs(capsys, grey_run, colour_run, tmp_path, command):
+    for run_dir, colour in ((grey_run, False), (colour_run, True)):
+        code, out, err = cli(capsys, command[0], run_dir, *command[1:], "--out", tmp_path)
+        assert code == 0, err
+        for path in out.split():
+            assert Image.open(path).size[0] > 100
+            if command[0] in ("reconstruct", "sample", "interpolate"):
+                assert is_colour(path) == colour, path
+
+
+def test_evaluate_and_report_on_both_runs(capsys, grey_run, colour_run):
+    for run_dir in (grey_run, colour_run):
+        code, out, err = cli(capsys, "evaluate", run_dir, "--iw-samples", 4, "--limit", 20)
+        assert code == 0, err
+        result = json.loads((run_dir / "eval.json").read_text())
+        assert result["images"] == 20 and result["dataset"].endswith(("pngs", "jpgs"))
+        pixels = 784 if run_dir == grey_run else 3 * 32 * 32
+        assert result["nll_bits_per_dim"] == pytest.approx(
+            result["nll"] / (pixels * np.log(2)))
+        code, out, err = cli(capsys, "report", run_dir)
+        assert code == 0, err
+        page = (run_dir / "report.html").read_text()
+        assert "Against the seed" not in page and "Evaluation" in page
+        assert "data:image/png;base64" in page
+
+
+def test_interpolation_takes_class_names_and_refuses_unknown_ones(capsys, grey_run, tmp_path):
+    code, _, err = cli(capsys, "interpolate", grey_run, "--from", "seven", "--out", tmp_path)
+    assert code == 1 and "class 'seven' is not one of this run's classes: 0, 1" in err
+
+
+def test_an_unlabelled_folder_trains_and_interpolates_by_index(capsys, tmp_path):
+    pictures(tmp_path / "flat", [f"{i:02d}.png" for i in range(40)], size=(16, 16))
+    run = train_on(tmp_path / "flat", tmp_path / "run")
+    code, out, err = cli(capsys, "interpolate", run, "--from", 0, "--to", 2, "--out", tmp_path)
+    assert code == 0, err
+    code, out, err = cli(capsys, "latent", run, "--out", tmp_path)
+    assert code == 0, err
+    code, _, err = cli(capsys, "interpolate", run, "--from", 0, "--to", 99)
+    assert code == 1 and "no classes" in err and "0-3" in err
+
+
+def test_resume_refuses_changed_data(capsys, tmp_path):
+    folder = tmp_path / "d"
+    pictures(folder, [f"{c}/{i}.png" for c in "ab" for i in range(10)], size=(16, 16))
+    run = train_on(folder, tmp_path / "run")
+    pictures(folder, ["a/new.png"], size=(16, 16), seed=5)
+    code, _, err = cli(capsys, "train", "--resume", run, "--epochs", 2)
+    assert code == 1 and "data changed" in err and "train 18 -> 19" in err
+    (folder / "a" / "new.png").unlink()
+    code, _, err = cli(capsys, "train", "--resume", run, "--epochs", 2, "--quiet")
+    assert code == 0, err
+
+
+# ---- bad input: one line, non-zero exit, nothing written --------------------------------------
+
+def empty(root):
+    root.mkdir(parents=True)
+
+
+def not_images(root):
+    root.mkdir(parents=True)
+    (root / "a.txt").write_text("text")
+    (root / "b.csv").write_text("1,2")
+
+
+def undecodable(root):
+    pictures(root, [f"{i}.png" for i in range(3)], size=(16, 16))
+    whole = (root / "1.png").read_bytes()
+    (root / "1.png").write_bytes(whole[:len(whole) // 2])  # header intact, data cut
+
+
+def mixed_sizes(root):
+    pictures(root, ["a.png", "b.png"], size=(16, 16))
+    pictures(root, ["c.png"], size=(20, 16))
+
+
+def mixed_modes(root):
+    pictures(root, ["a.png", "b.png"], size=(16, 16))
+    pictures(root, ["c.png"], size=(16, 16), mode="L")
+
+
+def too_small(root):
+    pictures(root, [f"{i}.png" for i in range(4)], size=(8, 8))
+
+
+def floats(root):
+    root.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.zeros((16, 16), dtype=np.float32)).save(root / f"{i}.tif")
+
+
+def one_image_class(root):
+    pictures(root, [f"a/{i}.png" for i in range(5)] + ["b/0.png"], size=(16, 16))
+
+
+def loop(root):
+    pictures(root, ["a/0.png", "a/1.png"], size=(16, 16))
+    (root / "a" / "back").symlink_to(root)
+
+
+def npz(**arrays):
+    def make(root):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(root, **arrays)
+    return make
+
+
+images16 = np.zeros((10, 16, 16), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("make, name, words", [
+    (empty, "d", ["holds no image files", "--data"]),
+    (not_images, "d", ["holds no image files"]),
+    (undecodable, "d", ["1.png: cannot be decoded", "replace or remove it"]),
+    (mixed_sizes, "d", ["c.png is 20x16 but", "a.png is 16x16", "--image-size"]),
+    (mixed_modes, "d", ["c.png is grey but", "a.png is colour", "--channels 1 or 3"]),
+    (too_small, "d", ["8x8 cannot be taken by --arch conv", "multiple of 4", "--image-size"]),
+    (floats, "d", ["0.tif: holds 32-bit floating-point pixels", "8-bit"]),
+    (one_image_class, "d", ["class 'b' has 1 image(s)", "--val-fraction"]),
+    (loop, "d", ["back is a symbolic link loop", "remove the link"]),
+    (npz(images=images16.astype(np.float32)), "a.npz", ["dtype float32", "uint8"]),
+    (npz(images=np.zeros((10, 16, 16, 5), np.uint8)), "a.npz", ["shape (10, 16, 16, 5)"]),
+    (npz(images=images16, labels=np.zeros(9, int)), "a.npz", ["10 images but 9 labels"]),
+    (npz(pictures=images16, other=images16), "a.npz", ["vaelab reads `images`"]),
+    (None, "missing", ["no such folder"]),
+])
+def test_bad_data_is_one_line_and_writes_nothing(capsys, tmp_path, make, name, words):
+    data = tmp_path / "data" / name
+    if make:
+        make(data)
+    before = sorted(p.name for p in (tmp_path / "data").rglob("*")) \
+        if (tmp_path / "data").exists() else []
+    code, out, err = cli(capsys, "train", "--data", data, "--out", tmp_path / "run")
+    errors = [line for line in err.splitlines() if not line.startswith("vaelab: decoding")]
+    assert code == 1 and len(errors) == 1 and errors[0].startswith("vaelab: error:"), err
+    assert all(word in err for word in words), err
+    assert not (tmp_path / "run").exists()
+    after = sorted(p.name for p in (tmp_path / "data").rglob("*")) \
+        if (tmp_path / "data").exists() else []
+    assert after == before
+
+
+def test_data_larger_than_memory_is_refused_before_allocating(capsys, tmp_path, monkeypatch):
+    pictures(tmp_path / "d", [f"{i}.png" for i in range(4)], size=(16, 16))
+    monkeypatch.setattr(vaelab.images, "available_memory", lambda: 4 * 3 * 16 * 16)
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: pytest.fail("allocated"))
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "d", "--out", tmp_path / "run")
+    assert code == 1 and "take 0.0 GB as uint8, more than half" in err
+    assert "--image-size" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--image-size", "30"], ["30x30 cannot be taken", "multiple of 4"]),
+    (["--val-fraction", "1.5"], ["val_fraction = 1.5", "between 0 and 1"]),
+    (["--dataset", "kmnist"], ["--data and --dataset name two sources"]),
+    (["--channels", "2"], ["invalid choice: 2"]),
+])
+def test_impossible_image_settings_are_refused(capsys, tmp_path, flags, words):
+    pictures(tmp_path / "d", [f"{i}.png" for i in range(4)], size=(16, 16))
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "d", "--out", tmp_path / "run",
+                       *flags)
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert all(word in err for word in words), err
+
+
+# ---- the explorer on a colour run, in a real browser -------------------------------------------
+
+def decoded_picture(page, selector):
+    """The picture an <img> shows: inline data, or fetched from the server as the browser did."""
+    src = image_src(page, selector)
+    if src.startswith("data:"):
+        return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    return Image.open(io.BytesIO(page.request.get(src).body()))
+
+
+def test_the_explorer_on_a_colour_run_in_a_real_browser(colour_run, browser, tmp_path):
+    from vaelab.app import launch
+    from vaelab.explore import Explorer
+
+    run = load_run(colour_run)
+    explorer = Explorer(run, validation_split(run.config))
+    assert not explorer.drawable and explorer.decode(explorer.code(0)).shape[2] == 3
+    port = free_port()
+    app = launch(explorer, port=port, block=False)
+    try:
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
+        page.wait_for_selector("#slider-image img", timeout=60_000)
+        before = image_src(page, "#slider-image")
+        set_number(page, "#slider-1", 2.5)
+        changed(page, "#slider-image", before)
+
+        page.get_by_role("tab", name="Interpolation").click()
+        page.wait_for_selector("#interp-point img")
+        page.locator("#from-digit input").click()
+        page.get_by_role("option", name="3", exact=True).click()
+        first_three = int((explorer.val.labels == 3).nonzero()[0])
+        page.wait_for_function(f"Array.from(document.querySelectorAll('input[type=number]'))"
+                               f".some(box => box.value === '{first_three}')", timeout=30_000)
+
+        page.get_by_role("tab", name="Encode your own").click()
+        assert page.locator("#sketch").count() == 0  # no canvas for colour photos
+        pictures(tmp_path, ["upload.png"], size=(50, 40))
+        page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "upload.png"))
+        changed(page, "#encoded-reconstruction", None)
+        assert "Nearest validation images" in page.locator("#encode-status").inner_text()
+        shown = np.asarray(decoded_picture(page, "#encoded-reconstruction").convert("RGB"))
+        assert shown.shape[0] >= 32 and np.abs(shown[..., 0].astype(int) - shown[..., 2]).max() > 0
+        page.close()
+    finally:
+        app.close()
