@@ -295,3 +295,15 @@ def test_the_explorer_on_a_colour_run_in_a_real_browser(colour_run, browser, tmp
         page.close()
     finally:
         app.close()
+
+
+def test_mnist_resized_to_colour_16_trains_a_resnet(capsys, data_dir, tmp_path):
+    """--image-size and --channels apply to the IDX sets too; --arch resnet is rebuilt from
+    the folder alone."""
+    code, _, err = cli(capsys, "train", "--arch", "resnet", "--image-size", 16, "--channels", 3,
+                       "--data-dir", data_dir, "--limit-train", 128, "--limit-val", 32,
+                       "--epochs", 2, "--latent-dim", 4, "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    run = load_run(tmp_path / "run")
+    assert run.config.arch == "resnet" and run.model.shape == (3, 16, 16)
+    assert run.metrics[1]["train_loss"] < run.metrics[0]["train_loss"]

@@ -175,7 +175,8 @@ def stages(side: int) -> int:
     return count
 
 
-def check_shape(shape: tuple[int, int, int], arch: str) -> int:
+def check_shape(shape: tuple[int, int, int], arch: str,
+                fix: str = "resize them with --image-size") -> int:
     """The number of stride-2 stages for images of `shape` (C, H, W); a one-line error if the
     architecture cannot take them."""
     channels, height, width = shape
@@ -185,8 +186,7 @@ def check_shape(shape: tuple[int, int, int], arch: str) -> int:
     count = min(stages(height), stages(width))
     if count < FEWEST_STAGES:
         raise ConfigError(f"images of {height}x{width} cannot be taken by --arch {arch}: each "
-                          "side must be a multiple of 4 and at least 16 (e.g. 28, 32, 64); "
-                          "resize them with --image-size")
+                          f"side must be a multiple of 4 and at least 16 (e.g. 28, 32, 64); {fix}")
     return count
 
 
@@ -253,7 +253,8 @@ def _check_values(c: Config) -> None:
             c.image_size is not None and c.height not in (None, c.image_size)):
         _fail("height", c.height, "height and width are recorded together from the data")
     if c.image_size is not None:
-        check_shape((c.channels or 1, c.image_size, c.image_size), c.arch)
+        check_shape((c.channels or 1, c.image_size, c.image_size), c.arch,
+                    "choose another --image-size")
     if not (math.isfinite(c.lr) and c.lr > 0):
         _fail("lr", c.lr, "must be a finite number > 0, e.g. 1e-3")
     if not (math.isfinite(c.beta) and c.beta >= 0):
