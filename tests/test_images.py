@@ -165,6 +165,8 @@ def test_the_cache_is_reused_and_invalidated(tmp_path, cache, monkeypatch):
     os.utime(folder / "a" / "0.png", ns=(1, 1))  # a changed file: decoded again
     load_data(config)
     assert len(decoded) == 20
+    load_data(config.replace(channels=3))  # what a run records: the same images, cached
+    assert len(decoded) == 20
     load_data(config.replace(channels=1))  # other options: another cache entry
     assert len(decoded) == 30 and len(list(cache.glob("images-*.pt"))) == 3
 

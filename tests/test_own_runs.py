@@ -93,6 +93,14 @@ def test_every_figure_command_on_both_runs(capsys, grey_run, colour_run, tmp_pat
                 assert is_colour(path) == colour, path
 
 
+def test_later_commands_read_the_cache_the_training_run_filled(capsys, grey_run, colour_run,
+                                                              tmp_path, monkeypatch):
+    monkeypatch.setattr(vaelab.images, "decode", lambda *a: pytest.fail("decoded again"))
+    for run_dir in (grey_run, colour_run):
+        code, _, err = cli(capsys, "reconstruct", run_dir, "--out", tmp_path)
+        assert code == 0, err
+
+
 def test_evaluate_and_report_on_both_runs(capsys, grey_run, colour_run):
     for run_dir in (grey_run, colour_run):
         code, out, err = cli(capsys, "evaluate", run_dir, "--iw-samples", 4, "--limit", 20)
@@ -179,6 +187,10 @@ def one_image_class(root):
     pictures(root, [f"a/{i}.png" for i in range(5)] + ["b/0.png"], size=(16, 16))
 
 
+def split_layouts_differ(root):
+    pictures(root, ["train/a/0.png", "train/b/0.png", "val/0.png"], size=(16, 16))
+
+
 def loop(root):
     pictures(root, ["a/0.png", "a/1.png"], size=(16, 16))
     (root / "a" / "back").symlink_to(root)
@@ -204,6 +216,7 @@ images16 = np.zeros((10, 16, 16), dtype=np.uint8)
     (floats, "d", ["0.tif: holds 32-bit floating-point pixels", "8-bit"]),
     (one_image_class, "d", ["class 'b' has 1 image(s)", "--val-fraction"]),
     (loop, "d", ["back is a symbolic link loop", "remove the link"]),
+    (split_layouts_differ, "d", ["laid out differently", "class subfolders in one only"]),
     (npz(images=images16.astype(np.float32)), "a.npz", ["dtype float32", "uint8"]),
     (npz(images=np.zeros((10, 16, 16, 5), np.uint8)), "a.npz", ["shape (10, 16, 16, 5)"]),
     (npz(images=images16, labels=np.zeros(9, int)), "a.npz", ["10 images but 9 labels"]),

@@ -70,12 +70,16 @@ def _list(root: Path) -> Listing:
               for name, folders in SPLIT_FOLDERS.items()}
     if splits["train"] is not None and splits["val"] is not None:
         parts = {name: _list_classes(folder) for name, folder in splits.items()}
+        if bool(parts["train"][1]) != bool(parts["val"][1]):
+            raise DataError(f"{splits['train']} and {splits['val']} are laid out differently "
+                            "(class subfolders in one only); give both class subfolders, or "
+                            "neither")
         classes = sorted(set(parts["train"][1]) | set(parts["val"][1]))
         files, labels, given = [], [], []
         for name, (found, names) in parts.items():
             for path, label in found:
                 files.append(path)
-                labels.append(classes.index(names[label]) if label is not None else -1)
+                labels.append(classes.index(names[label]) if label is not None else 0)
                 given.append(name)
         return Listing(root, files, labels if classes else None, tuple(classes), given)
     found, names = _list_classes(root)
@@ -199,13 +203,22 @@ def read_folder(listing: Listing, size: int | None, channels: int | None,
     holds this very folder decoded with these options."""
     stats = [path.stat() for path in listing.files]
     key = _cache_key(listing, stats, size, channels)
-    path = cache_dir() / f"images-{key[:24]}.pt"
-    cached = _read_cache(path, key)
+    cached = _read_cache(_cache_path(key), key)
+    if cached is None and channels is not None:
+        # A run records its images' channels, so later commands ask for them explicitly: the
+        # first run's decode without --channels made exactly these images if the count agrees.
+        natural = _cache_key(listing, stats, size, None)
+        cached = _read_cache(_cache_path(natural), natural)
+        cached = cached if cached is not None and cached.shape[1] == channels else None
     if cached is not None:
         return cached
     images = _decode_all(listing, size, channels, arch)
-    _write_cache(path, key, images)
+    _write_cache(_cache_path(key), key, images)
     return images
+
+
+def _cache_path(key: str) -> Path:
+    return cache_dir() / f"images-{key[:24]}.pt"
 
 
 def _decode_all(listing: Listing, size: int | None, channels: int | None,
