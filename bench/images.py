@@ -47,12 +47,13 @@ def peak_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
-def vaelab_row(data: Path, epochs: int, batch_size: int, run_dir: Path) -> dict:
+def vaelab_row(data: Path, epochs: int, batch_size: int, run_dir: Path, precision: str) -> dict:
     """Time load_data (decode + cache write on a fresh cache, else a cache read), then train."""
     import vaelab
     from vaelab.data import load_data
 
-    config = vaelab.Config(data=str(data), epochs=epochs, batch_size=batch_size, device="cpu")
+    config = vaelab.Config(data=str(data), epochs=epochs, batch_size=batch_size, device="cpu",
+                           precision=precision)
     tick = time.perf_counter()
     train, val = load_data(config)
     load_seconds = time.perf_counter() - tick
@@ -64,7 +65,7 @@ def vaelab_row(data: Path, epochs: int, batch_size: int, run_dir: Path) -> dict:
             "peak_mb": peak_mb()}
 
 
-def peers_row(data: Path, epochs: int, batch_size: int) -> dict:
+def peers_row(data: Path, epochs: int, batch_size: int, precision: str) -> dict:
     """The same model and loss, fed the way torchvision's examples feed a folder of images."""
     from PIL import Image
     from torch.utils.data import DataLoader
@@ -74,6 +75,7 @@ def peers_row(data: Path, epochs: int, batch_size: int) -> dict:
     from vaelab.evaluate import EVAL_BATCH
     from vaelab.losses import elbo_terms
     from vaelab.model import build_model
+    from vaelab.state import uses_bf16
 
     tick = time.perf_counter()
     train_set = datasets.ImageFolder(data / "train")  # lists the files; decodes nothing yet
@@ -90,8 +92,10 @@ def peers_row(data: Path, epochs: int, batch_size: int) -> dict:
                             persistent_workers=False)
 
     shape = tuple(train_set[0][0].shape)
-    config = vaelab.Config(data=str(data), epochs=epochs, batch_size=batch_size, device="cpu")
+    config = vaelab.Config(data=str(data), epochs=epochs, batch_size=batch_size, device="cpu",
+                           precision=precision)
     config = config.replace(channels=shape[0], height=shape[1], width=shape[2])
+    bf16 = uses_bf16(config.precision, torch.device("cpu"))  # autocast as vaelab's loop does
     torch.manual_seed(config.seed)
     # As vaelab's TrainingState builds it, so that only the data pipeline differs.
     model = build_model(config).to(memory_format=config.torch_memory_format)
@@ -104,7 +108,8 @@ def peers_row(data: Path, epochs: int, batch_size: int) -> dict:
         model.train()
         train_sum = 0.0
         for x, _ in train_loader:
-            out = model(x, noise)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(x, noise)
             loss = elbo_terms(model.likelihood.nll(out.params, x), out.mu, out.logvar).loss
             optimizer.zero_grad(set_to_none=True)
             loss.mean().backward()
@@ -115,7 +120,8 @@ def peers_row(data: Path, epochs: int, batch_size: int) -> dict:
         val_sum, generator = 0.0, torch.Generator().manual_seed(config.seed)
         with torch.inference_mode():
             for x, _ in val_loader:
-                out = model(x, generator)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = model(x, generator)
                 val_sum += elbo_terms(model.likelihood.nll(out.params, x), out.mu,
                                       out.logvar).loss.sum().item()
         rows.append({"epoch": epoch, "train_seconds": train_seconds,
@@ -129,8 +135,8 @@ def peers_row(data: Path, epochs: int, batch_size: int) -> dict:
 
 def run_row(args: argparse.Namespace) -> dict:
     data, epochs, batch = Path(args.data), args.epochs, args.batch_size
-    result = peers_row(data, epochs, batch) if args.row == "peers" else \
-        vaelab_row(data, epochs, batch, Path(args.run_dir))
+    result = peers_row(data, epochs, batch, args.precision) if args.row == "peers" else \
+        vaelab_row(data, epochs, batch, Path(args.run_dir), args.precision)
     return {**result, "threads": torch.get_num_threads()}
 
 
@@ -159,7 +165,8 @@ def launch(row: str, folder: Path, cache: Path, work: Path, args: argparse.Names
         shutil.rmtree(cache, ignore_errors=True)  # a first run: nothing decoded yet
     done = subprocess.run(
         [sys.executable, __file__, "--row", row, "--data", str(folder), "--run-dir", str(run_dir),
-         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)],
+         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+         "--precision", args.precision],
         env={**os.environ, "VAELAB_CACHE_DIR": str(cache)}, capture_output=True, text=True,
         check=False)
     if done.returncode:
@@ -180,7 +187,8 @@ def print_table(results: dict, args: argparse.Namespace, folders: str) -> None:
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
           f"(load average {args.load_before:.1f} before the rows, {load:.1f} after), "
           f"torch {torch.__version__} (default threads: {', '.join(map(str, sorted(threads)))}"
-          f"; DataLoader workers: {WORKERS}, one thread each). Batch {args.batch_size}, "
+          f"; DataLoader workers: {WORKERS}, one thread each). Precision {args.precision}, "
+          f"batch {args.batch_size}, "
           f"{args.epochs} epoch(s) timed per row; an epoch = training + validation. {folders}\n")
     header = ["dataset", "row", "images (train+val)", "load s", "decode img/s", "s/epoch",
               "of which training", "val loss", "peak RSS MB", "s/epoch vs peers"]
@@ -219,6 +227,9 @@ def main() -> None:
     parser.add_argument("--limit-val", type=int, help="validation images (default: all 10,000)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed per row")
     parser.add_argument("--batch-size", type=int, default=64, help="the seed's: 64")
+    parser.add_argument("--precision", choices=("fp32", "auto"), default="fp32",
+                        help="both pipelines' model: fp32 (the seed's) or auto (bf16 autocast "
+                             "on a CPU that computes it natively, as --recipe fast)")
     parser.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # internal: one row
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
