@@ -10,6 +10,7 @@ import torch
 from conftest import REPO
 from PIL import Image
 
+import vaelab.cache
 import vaelab.images as images_module
 from vaelab import Config
 from vaelab.data import load_data, load_split
@@ -187,7 +188,7 @@ def test_a_damaged_or_foreign_cache_is_rebuilt(tmp_path, cache, monkeypatch, dam
         saved["images"][0, 0, 0, 0] ^= 1
         torch.save(saved, path)
     else:
-        monkeypatch.setattr(images_module, "__version__", "0.0.0-other")
+        monkeypatch.setattr(vaelab.cache, "__version__", "0.0.0-other")
     decoded = []
     real = images_module.decode
     monkeypatch.setattr(images_module, "decode", lambda *a: decoded.append(a[0]) or real(*a))

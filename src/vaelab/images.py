@@ -10,8 +10,6 @@ size and channel options: a second run reads the cache, and a changed folder is 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -24,13 +22,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from . import cache
 from .errors import DataError
-from .version import __version__
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "VAELAB_CACHE_DIR"
-CACHE_FORMAT = "vaelab-image-cache"
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
               ".pgm", ".pbm", ".pnm")
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation", "test")}
@@ -202,23 +198,18 @@ def read_folder(listing: Listing, size: int | None, channels: int | None,
     """Every image of the listing as one uint8 tensor (N, C, H, W), from the cache when it
     holds this very folder decoded with these options."""
     stats = [path.stat() for path in listing.files]
-    key = _cache_key(listing, stats, size, channels)
-    cached = _read_cache(_cache_path(key), key)
+    key = cache.key(listing.root, listing.files, stats, size, channels)
+    cached = cache.read(key)
     if cached is None and channels is not None:
         # A run records its images' channels, so later commands ask for them explicitly: the
         # first run's decode without --channels made exactly these images if the count agrees.
-        natural = _cache_key(listing, stats, size, None)
-        cached = _read_cache(_cache_path(natural), natural)
+        cached = cache.read(cache.key(listing.root, listing.files, stats, size, None))
         cached = cached if cached is not None and cached.shape[1] == channels else None
     if cached is not None:
         return cached
     images = _decode_all(listing, size, channels, arch)
-    _write_cache(_cache_path(key), key, images)
+    cache.write(key, images)
     return images
-
-
-def _cache_path(key: str) -> Path:
-    return cache_dir() / f"images-{key[:24]}.pt"
 
 
 def _decode_all(listing: Listing, size: int | None, channels: int | None,
@@ -281,56 +272,3 @@ def available_memory() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 1 << 40  # unknown: let the allocation itself decide
-
-
-def cache_dir() -> Path:
-    """$VAELAB_CACHE_DIR, else $XDG_CACHE_HOME/vaelab, else ~/.cache/vaelab: never beside the
-    data, which may be read-only or shared."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vaelab"
-
-
-def _cache_key(listing: Listing, stats: list[os.stat_result], size: int | None,
-               channels: int | None) -> str:
-    described = {"format": CACHE_FORMAT, "vaelab": __version__, "size": size,
-                 "channels": channels, "root": str(listing.root.resolve()),
-                 "files": [[str(path), stat.st_size, stat.st_mtime_ns]
-                           for path, stat in zip(listing.files, stats)]}
-    return hashlib.sha256(json.dumps(described).encode()).hexdigest()
-
-
-def _digest(images: torch.Tensor) -> str:
-    return hashlib.sha256(images.numpy().data).hexdigest()
-
-
-def _read_cache(path: Path, key: str) -> torch.Tensor | None:
-    """The cached tensor if the file is whole and holds exactly this key; else None (and the
-    cache is rebuilt: a damaged or foreign cache is never trusted)."""
-    if not path.is_file():
-        return None
-    try:
-        saved = torch.load(path, weights_only=True)
-        images = saved["images"]
-        if saved["format"] != CACHE_FORMAT or saved["key"] != key or \
-                images.dtype != torch.uint8 or _digest(images) != saved["sha256"]:
-            raise ValueError("it does not match this folder and version")
-    except Exception as err:  # noqa: BLE001 - whatever is wrong with it, decode again
-        log.info("the image cache %s is unusable (%s); decoding again", path, _reason(err))
-        return None
-    return images
-
-
-def _write_cache(path: Path, key: str, images: torch.Tensor) -> None:
-    """Save the decoded images; a cache that cannot be written only costs the next run time."""
-    from .checkpoint import atomic_open
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "wb") as file:
-            torch.save({"format": CACHE_FORMAT, "key": key, "images": images,
-                        "sha256": _digest(images)}, file)
-    except OSError as err:
-        log.warning("cannot write the image cache %s (%s); the next run decodes again", path,
-                    err.strerror or err)
