@@ -81,6 +81,23 @@ def test_class_folders_are_sorted_labels_held_out_per_class_by_seed(tmp_path):
     assert not torch.equal(other.images, val.images)
 
 
+def test_limits_draw_from_every_class_with_the_seed(tmp_path):
+    pictures(tmp_path / "d", [f"{c}/{i}.png" for c in "abc" for i in range(10)], size=(16, 16))
+    config = Config(data=str(tmp_path / "d"), limit_train=9, limit_val=3)
+    train, val = load_data(config)
+    assert (len(train), len(val)) == (9, 3) and len(set(train.labels.tolist())) == 3
+    assert torch.equal(load_data(config)[0].images, train.images)
+
+
+def test_grey_palettes_and_eight_bit_integer_pictures_keep_their_values(tmp_path):
+    grey = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))
+    palette = Image.fromarray(grey).convert("P")
+    assert palette.mode == "P" and images_module.channels_of(palette, "p") == 1
+    assert np.array_equal(fit(palette, None, 1, "p")[..., 0], grey)
+    wide = Image.fromarray(grey.astype(np.int32), mode="I")
+    assert np.array_equal(fit(wide, None, 1, "i")[..., 0], grey)
+
+
 def test_a_flat_folder_is_unlabelled_and_searched_recursively(tmp_path):
     pictures(tmp_path / "d", [f"{i}.png" for i in range(6)] + ["deep/er/x.png", "deep/y.png"],
              size=(16, 16), mode="L")

@@ -19,5 +19,6 @@ def test_notebook_executes_with_quick_on(tmp_path, data_dir, monkeypatch):
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     images = [output for cell in notebook.cells if cell.cell_type == "code"
               for output in cell.outputs if "image/png" in output.get("data", {})]
-    assert len(images) == 5
+    assert len(images) == 7  # curves, reconstructions, samples, interpolation, 2-D map,
+    # manifold, active units
     assert (tmp_path / "runs" / "notebook" / "best.pt").is_file()

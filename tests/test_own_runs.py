@@ -214,7 +214,7 @@ images16 = np.zeros((10, 16, 16), dtype=np.uint8)
     (mixed_modes, "d", ["c.png is grey but", "a.png is colour", "--channels 1 or 3"]),
     (too_small, "d", ["8x8 cannot be taken by --arch conv", "multiple of 4", "--image-size"]),
     (floats, "d", ["0.tif: holds 32-bit floating-point pixels", "8-bit"]),
-    (one_image_class, "d", ["class 'b' has 1 image(s)", "--val-fraction"]),
+    (one_image_class, "d", ["class 'b' has 1 image(s)", "add images, or give train/"]),
     (loop, "d", ["back is a symbolic link loop", "remove the link"]),
     (split_layouts_differ, "d", ["laid out differently", "class subfolders in one only"]),
     (npz(images=images16.astype(np.float32)), "a.npz", ["dtype float32", "uint8"]),
@@ -222,6 +222,16 @@ images16 = np.zeros((10, 16, 16), dtype=np.uint8)
     (npz(images=images16, labels=np.zeros(9, int)), "a.npz", ["10 images but 9 labels"]),
     (npz(pictures=images16, other=images16), "a.npz", ["vaelab reads `images`"]),
     (None, "missing", ["no such folder"]),
+    (lambda root: pictures(root.parent, [root.name], size=(16, 16)), "one.png",
+     ["one.png is a file", "a folder of images or an .npz/.npy"]),
+    (npz(labels=np.zeros(10, int)), "a.npz", ["holds labels but no `images`"]),
+    (npz(x_train=images16, x_test=np.zeros((4, 20, 20), np.uint8)), "a.npz",
+     ["x_train holds (16, 16, 1) images but x_test (20, 20, 1)"]),
+    (npz(images=np.zeros((10, 16, 16, 4), np.uint8)), "a.npz", ["RGBA", "images[..., :3]"]),
+    (npz(images=images16, classes=np.array(["a", 1], dtype=object)), "a.npz",
+     ["`classes` is an object array", "dtype=str"]),
+    (npz(images=images16, labels=np.repeat([1, 2], 5)), "a.npz",
+     ["class '0' has no images", "without gaps"]),
 ])
 def test_bad_data_is_one_line_and_writes_nothing(capsys, tmp_path, make, name, words):
     data = tmp_path / "data" / name
@@ -237,6 +247,39 @@ def test_bad_data_is_one_line_and_writes_nothing(capsys, tmp_path, make, name, w
     after = sorted(p.name for p in (tmp_path / "data").rglob("*")) \
         if (tmp_path / "data").exists() else []
     assert after == before
+
+
+def test_small_or_odd_folders_still_train_and_report(capsys, tmp_path, monkeypatch):
+    """A validation set too small for an interpolation pair skips that figure, not the run;
+    train/ alone is held out from; a relative --data is recorded absolute."""
+    pictures(tmp_path / "d" / "train", [f"a/{i}.png" for i in range(12)], size=(16, 16))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "train", "--data", "d", "--out", "run", "--epochs", 1,
+                         "--val-fraction", 0.1, "--quiet")
+    assert code == 0, err
+    assert "no interpolation figure" in err and (tmp_path / "run" / "report.html").is_file()
+    run = load_run(tmp_path / "run")
+    assert run.config.data == str(tmp_path / "d") and run.data["classes"] == ["a"]
+    assert (run.data["train"], run.data["val"]) == (11, 1)  # one class: no pair of its own
+    monkeypatch.chdir("/")  # later commands run from anywhere
+    code, _, err = cli(capsys, "reconstruct", tmp_path / "run", "--out", tmp_path / "f")
+    assert code == 0, err
+    pictures(tmp_path / "d" / "train", [f"a/x{i}.png" for i in range(10)], size=(16, 16))
+    code, _, err = cli(capsys, "sample", tmp_path / "run", "--out", tmp_path / "f")
+    assert code == 0 and "changed since training" not in err  # sample reads no data
+    code, _, err = cli(capsys, "latent", tmp_path / "run", "--out", tmp_path / "f")
+    assert code == 0 and "changed since training (1 validation images then, 2 now)" in err
+
+
+def test_the_explorer_works_with_fewer_than_five_validation_images(tmp_path):
+    from vaelab.explore import Explorer
+
+    pictures(tmp_path / "d", [f"{i}.png" for i in range(12)], size=(16, 16))
+    run = load_run(train_on(tmp_path / "d", tmp_path / "run"))
+    explorer = Explorer(run, validation_split(run.config))
+    assert len(explorer.codes) == 1
+    result = explorer.encode_image(np.zeros((30, 20, 3), dtype=np.uint8))
+    assert result["neighbour_labels"] == ["image 0"]
 
 
 def test_data_larger_than_memory_is_refused_before_allocating(capsys, tmp_path, monkeypatch):

@@ -170,12 +170,11 @@ def add_figure_commands(commands) -> None:
 
 def run_figures(args: argparse.Namespace) -> int:
     from . import plots, report
-    from .data import validation_split
-    from .runs import FIGURES, load_run
+    from .runs import FIGURES, load_run, validation_of
 
     run = load_run(args.run, args.checkpoint, args.device)
     needs_data = args.command not in ("sample", "curves")
-    val = validation_split(run.config, args.data_dir, args.data) if needs_data else None
+    val = validation_of(run, args.data_dir, args.data) if needs_data else None
     folder = Path(args.out) if args.out else run.path / FIGURES
     for figure, name in zip(args.make(report, run, val, args), args.files):
         print(plots.save(figure, folder / f"{name}.png"))
@@ -214,14 +213,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_explore(args: argparse.Namespace) -> int:
     from .app import check_can_serve, launch
-    from .data import validation_split
     from .explore import Explorer
-    from .runs import load_run
+    from .runs import load_run, validation_of
 
     check_can_serve(args.host, args.port)
     run = load_run(args.run, args.checkpoint, args.device)
     log.info("encoding the validation set for the explorer")
-    explorer = Explorer(run, validation_split(run.config, args.data_dir, args.data))
+    explorer = Explorer(run, validation_of(run, args.data_dir, args.data))
     print(f"serving {run.path} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     launch(explorer, args.host, args.port)
     return 0

@@ -71,6 +71,22 @@ class Split:
         labels = self.labels[:limit] if self.labels is not None else None
         return Split(self.images[:limit], labels, self.classes)
 
+    def sample(self, limit: int | None, seed: int) -> Split:
+        """`limit` images chosen with `seed`, kept in their order (a folder's are sorted by
+        class, so its first N would hold only the first classes)."""
+        if limit is None or limit >= len(self):
+            return self
+        chosen = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        index = chosen[:limit].sort().values
+        return Split(self.images[index], self.labels[index] if self.labels is not None else None,
+                     self.classes)
+
+
+def limited(config: Config, split: Split, limit: int | None) -> Split:
+    """--limit-train, --limit-val, evaluate --limit: the IDX sets' first N images (the seed's
+    slices); for --data, N chosen with the run's seed from every class."""
+    return split.head(limit) if config.data is None else split.sample(limit, config.seed)
+
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [0, 1], exactly as torchvision's `ToTensor` scales them."""
@@ -114,7 +130,7 @@ def load_data(config: Config) -> tuple[Split, Split]:
     else:
         train, val = (_resized(config, load_split(config.dataset, split, config.data_dir))
                       for split in ("train", "val"))
-    return train.head(config.limit_train), val.head(config.limit_val)
+    return limited(config, train, config.limit_train), limited(config, val, config.limit_val)
 
 
 def _resized(config: Config, split: Split) -> Split:
@@ -132,11 +148,17 @@ def validation_split(config: Config, data_dir: str | os.PathLike | None = None,
                      data: str | os.PathLike | None = None) -> Split:
     """A run's whole validation set (its limit is for training speed, not for figures);
     `data_dir` or `data` say where the run's images lie now, if they moved."""
-    config = config.replace(limit_val=None, data_dir=str(data_dir or config.data_dir or "")
-                            or None, data=str(data) if data else config.data)
-    if config.data is None:  # only the file it needs
-        return _resized(config, load_split(config.dataset, "val", config.data_dir))
-    return load_data(config)[1]
+    return run_split(config, "val", data_dir, data)
+
+
+def run_split(config: Config, split: str, data_dir: str | os.PathLike | None = None,
+              data: str | os.PathLike | None = None) -> Split:
+    """A run's whole training ('train') or validation ('val') set, without its limits."""
+    config = config.replace(limit_train=None, limit_val=None, data=str(data) if data else
+                            config.data, data_dir=str(data_dir or config.data_dir or "") or None)
+    if config.data is None:  # only the files it needs
+        return _resized(config, load_split(config.dataset, split, config.data_dir))
+    return load_data(config)[split == "val"]
 
 
 def with_data_shape(config: Config, split: Split) -> Config:

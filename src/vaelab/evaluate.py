@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_open
-from .data import load_data, to_float, training_images, validation_images
+from .data import limited, run_split, to_float, training_images, validation_images
 from .errors import VaelabError
 from .likelihoods import nll_samples
 from .losses import Totals, elbo_terms, kl_standard_normal, log_importance_weights
@@ -145,10 +145,9 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
     run = load_run(run_dir, checkpoint, device)
     if exact:
         check_exact_possible(run.config.latent_dim)
-    config = run.config.replace(data_dir=data_dir or run.config.data_dir, data=data or
-                                run.config.data, limit_train=None, limit_val=None)
-    train, val = load_data(config)
-    chosen = (val if split == "test" else train).head(limit)
+    config = run.config
+    chosen = limited(config, run_split(config, "val" if split == "test" else "train", data_dir,
+                                       data), limit)
     if split == "train" and config.binarize == "static":
         images = training_images(config, chosen)  # the one binarization it trained on
     else:

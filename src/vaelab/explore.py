@@ -102,7 +102,8 @@ class Explorer:
         prepared = preprocess(image)[None] if self.drawable else self.fit_upload(image)
         pixels = torch.from_numpy(prepared)
         z = generate.encode_means(self.model, pixels[None])[0].double()
-        nearest = torch.cdist(z[None], self.codes)[0].topk(5, largest=False).indices
+        nearest = torch.cdist(z[None], self.codes)[0].topk(min(5, len(self.codes)),
+                                                            largest=False).indices
         return {"input": enlarge(to_float(pixels), self.ink),
                 "reconstruction": self.decode(z), "z": z,
                 "neighbours": enlarge_row(to_float(self.val.images[nearest]), self.ink),

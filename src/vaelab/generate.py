@@ -148,7 +148,8 @@ def project_2d(codes: torch.Tensor, method: str = "pca", seed: int = 0) -> torch
         return torch.from_numpy(TSNE(2, init="pca", random_state=seed).fit_transform(
             codes.double().numpy())).float()
     mean, directions, _ = principal_axes(codes)
-    return ((codes.double() - mean) @ directions[:2].T).float()
+    coordinates = (codes.double() - mean) @ directions[:2].T  # fewer than 2 when N < 2
+    return torch.nn.functional.pad(coordinates, (0, 2 - coordinates.shape[1])).float()
 
 
 def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -51,6 +51,9 @@ class Listing:
 
 def list_folder(root: Path) -> Listing:
     """The images under `root`, with labels and given splits as its layout says."""
+    if root.is_file():
+        raise DataError(f"{root} is a file; --data takes a folder of images or an .npz/.npy "
+                        "array")
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; point --data at a folder of images or an "
                         ".npz/.npy file")
@@ -64,6 +67,8 @@ def list_folder(root: Path) -> Listing:
 def _list(root: Path) -> Listing:
     splits = {name: next((root / f for f in folders if (root / f).is_dir()), None)
               for name, folders in SPLIT_FOLDERS.items()}
+    if splits["train"] is not None and splits["val"] is None:  # train/ alone: hold out from it
+        return _list(splits["train"])
     if splits["train"] is not None and splits["val"] is not None:
         parts = {name: _list_classes(folder) for name, folder in splits.items()}
         if bool(parts["train"][1]) != bool(parts["val"][1]):
@@ -135,16 +140,19 @@ def probe(path: Path) -> tuple[tuple[int, int], int]:
     """(width, height) and channel count (1 or 3) from the file's header alone."""
     try:
         with Image.open(path) as picture:
-            return picture.size, _channels_of(picture, path)
+            return picture.size, channels_of(picture, path)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot be read as an image ({_reason(err)}); replace or "
                         "remove it") from None
 
 
-def _channels_of(picture: Image.Image, path: Path) -> int:
+def channels_of(picture: Image.Image, path: object) -> int:
     if picture.mode == "F":
         raise DataError(f"{path}: holds 32-bit floating-point pixels, not an 8- or 16-bit "
                         "picture; convert it to 8-bit PNG")
+    if picture.mode == "P":  # a palette of greys is a grey picture
+        colours = np.asarray(picture.getpalette() or [0, 0, 0]).reshape(-1, 3)
+        return 1 if (colours == colours[:, :1]).all() else 3
     return 1 if picture.mode in GREY_MODES else 3
 
 
@@ -168,8 +176,12 @@ def fit(picture: Image.Image, size: int | None, channels: int, name: object) -> 
         wide = np.asarray(picture, dtype=np.int64)
         if wide.min() < 0 or wide.max() > 65535:
             raise DataError(f"{name}: holds pixel values beyond 16 bits; convert it to 8-bit")
-        picture = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
-    _channels_of(picture, name)
+        # 16-bit files scale to 8 bits; Pillow's 32-bit integer mode "I" holding only 0-255
+        # (as some TIFF writers save 8-bit data) is taken as it is
+        eight_bit = picture.mode == "I" and wide.max() <= 255
+        picture = Image.fromarray((wide if eight_bit else (wide * 255 + 32767) // 65535)
+                                  .astype(np.uint8))
+    channels_of(picture, name)
     picture = picture.convert("L" if channels == 1 else "RGB")
     if size is not None:
         picture = _resize_and_crop(picture, size)

@@ -53,7 +53,9 @@ def image_grid(images: torch.Tensor, cols: int, title: str, ink: bool = True) ->
     axes.imshow(pixels, cmap="gray" if grey else None, vmin=0, vmax=1, interpolation="nearest",
                 aspect="auto")
     axes.set_axis_off()
-    figure.text(0.5, 1 - TITLE_PX / height / 2, title, ha="center", va="center", fontsize=11)
+    # a narrow grid (a few small images) shrinks the title rather than cutting it off
+    size = max(5.0, min(11.0, width / (0.75 * len(title))))
+    figure.text(0.5, 1 - TITLE_PX / height / 2, title, ha="center", va="center", fontsize=size)
     return figure
 
 

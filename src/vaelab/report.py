@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import os
 from datetime import datetime
 from pathlib import Path
@@ -14,10 +15,12 @@ from matplotlib.figure import Figure
 
 from . import generate, plots
 from .checkpoint import atomic_open, file_sha256
-from .data import Split, to_float, validation_split
+from .data import Split, to_float
 from .errors import VaelabError
 from .model import count_parameters
-from .runs import FIGURES, REPORT, Run, checkpoint_path, eval_path, load_run
+from .runs import FIGURES, REPORT, Run, checkpoint_path, eval_path, load_run, validation_of
+
+log = logging.getLogger(__name__)
 
 # The seed's table (SEED.md): epoch -> (train, val) in its convention, each batch's summed
 # loss averaged over batches of 64: 938 training and 157 validation batches.
@@ -105,9 +108,12 @@ def figure_curves(run: Run) -> Figure:
 def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
     """Every figure of a run at its defaults, by file stem."""
     figures = {"curves": figure_curves(run), "reconstructions": figure_reconstructions(run, val),
-               "samples": figure_samples(run, seed=run.config.seed),
-               "interpolation": figure_interpolation(run, val),
-               "latent": figure_latent(run, val)}
+               "samples": figure_samples(run, seed=run.config.seed)}
+    try:
+        figures["interpolation"] = figure_interpolation(run, val)
+    except VaelabError as err:  # a tiny validation set may hold no pair: the rest still shows
+        log.warning("no interpolation figure: %s", err)
+    figures["latent"] = figure_latent(run, val)
     if run.model.latent_dim == 2:
         figures["manifold"] = figure_manifold(run)
     return figures
@@ -120,7 +126,7 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | None = None,
     `out`, both go into that folder instead and the run folder is left as it was."""
     run = load_run(run_dir, checkpoint, device)
     figure_dir = Path(out) if out else run.path / FIGURES
-    val = validation_split(run.config, data_dir, data)
+    val = validation_of(run, data_dir, data)
     paths = {name: plots.save(figure, figure_dir / f"{name}.png")
              for name, figure in standard_figures(run, val).items()}
     report = (Path(out) if out else run.path) / REPORT

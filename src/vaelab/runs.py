@@ -10,6 +10,7 @@ import contextlib
 import csv
 import errno
 import json
+import logging
 import math
 import os
 import shutil
@@ -21,8 +22,11 @@ import torch
 
 from .checkpoint import atomic_open, config_from_checkpoint, load_checkpoint, load_weights
 from .config import Config, resolve_device
+from .data import Split, validation_split
 from .errors import CheckpointError, VaelabError
 from .model import VAE, build_model
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
@@ -55,6 +59,8 @@ class Run:
     device: torch.device
     checkpoint: str = "best"  # which file the model came from, and its SHA-256:
     checkpoint_sha256: str = ""  # what an evaluation records, so it is never shown for another
+    data: dict | None = None  # what it trained on: split sizes, shape, classes (None: older)
+
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
@@ -71,7 +77,20 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     load_weights(model, payload, path)
     model.to(target, memory_format=config.torch_memory_format).eval()
     return Run(path, config, model, payload["epoch"], read_metrics(path), target, checkpoint,
-               payload["sha256"])
+               payload["sha256"], payload.get("data"))
+
+
+def validation_of(run: Run, data_dir: str | os.PathLike | None = None,
+                  data: str | os.PathLike | None = None) -> Split:
+    """The run's whole validation set. A folder that changed since training moves the held-out
+    split, so its figures may show training images: that gets a warning."""
+    val = validation_split(run.config, data_dir, data)
+    then = run.data
+    if run.config.data and then and run.config.limit_val is None and \
+            (then["val"], tuple(then["classes"])) != (len(val), val.classes):
+        log.warning("the run's data changed since training (%d validation images then, %d now):"
+                    " its held-out split may now include training images", then["val"], len(val))
+    return val
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:

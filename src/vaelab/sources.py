@@ -65,12 +65,16 @@ def held_out(labels: torch.Tensor | None, count: int, config: Config,
     groups = [torch.arange(count)] if labels is None else \
         [torch.nonzero(labels == label).flatten() for label in range(len(classes))]
     for label, members in enumerate(groups):
+        what = f"class {classes[label]!r}" if labels is not None else "the data"
+        if not len(members):
+            raise DataError(f"{what} has no images: labels must number the classes 0, 1, 2, "
+                            "... without gaps (or give `classes` only for labels in use)")
         held = max(1, round(config.val_fraction * len(members)))
         if len(members) - held < 1:
-            what = f"class {classes[label]!r}" if labels is not None else "the data"
+            lower = ", lower --val-fraction" if len(members) > 1 else ""
             raise DataError(f"{what} has {len(members)} image(s): holding out {held} for "
-                            "validation leaves none to train on; add images, lower "
-                            "--val-fraction, or give train/ and val/ folders")
+                            f"validation leaves none to train on; add images{lower}, or give "
+                            "train/ and val/ folders")
         is_val[members[torch.randperm(len(members), generator=generator)[:held]]] = True
     return is_val
 
@@ -108,17 +112,22 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, torch.Tensor | None, tuple[str
             if (parts[0][1] is None) != (parts[1][1] is None):
                 raise DataError(f"{path}: has labels for one split only; give y_train and "
                                 "y_test, or neither")
+            if parts[0][0].shape[1:] != parts[1][0].shape[1:]:
+                raise DataError(f"{path}: x_train holds {parts[0][0].shape[1:]} images but "
+                                f"x_test {parts[1][0].shape[1:]}; both splits need one shape")
             images = np.concatenate([parts[0][0], parts[1][0]])
-            labels = None if parts[0][1] is None else np.concatenate([parts[0][1], parts[1][1]])
+            labels = None if parts[0][1] is None else np.concatenate(
+                [np.ravel(parts[0][1]), np.ravel(parts[1][1])])
             given = torch.arange(len(images)) >= len(parts[0][0])
-        elif "images" in names or len(names) == 1:
-            key = "images" if "images" in names else next(iter(names))
+        elif "images" in names or len(names - {"labels", "classes"}) == 1:
+            key = "images" if "images" in names else next(iter(names - {"labels", "classes"}))
             images, given = _check_images(loaded[key], path, key), None
             labels = loaded["labels"] if "labels" in names else None
         else:
-            raise DataError(f"{path}: holds {', '.join(sorted(names))}; vaelab reads `images` "
-                            "(and `labels`), or x_train, y_train, x_test, y_test")
-        classes = [str(c) for c in loaded["classes"]] if "classes" in names else None
+            raise DataError(f"{path}: holds {', '.join(sorted(names))} but no `images`; vaelab "
+                            "reads `images` (and `labels`, `classes`), or x_train, y_train, "
+                            "x_test, y_test")
+        classes = _class_names(loaded, path) if "classes" in names else None
     if labels is None:
         return images, None, (), given
     labels = _check_labels(labels, len(images), path)
@@ -129,12 +138,23 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, torch.Tensor | None, tuple[str
     return images, labels, tuple(classes), given
 
 
+def _class_names(loaded, path: Path) -> list[str]:
+    try:
+        return [str(name) for name in loaded["classes"]]
+    except ValueError:  # an object array: loading it would need pickle, which is refused
+        raise DataError(f"{path}: `classes` is an object array; save the names as strings, "
+                        "numpy.array(names, dtype=str)") from None
+
+
 def _check_images(array: np.ndarray, path: Path, name: str) -> np.ndarray:
     if array.dtype != np.uint8:
         raise DataError(f"{path}: {name} has dtype {array.dtype}; vaelab reads uint8 images "
                         "(0-255): convert with (x * 255).round().astype(numpy.uint8)")
     if array.ndim == 3:
         array = array[..., None]
+    if array.ndim == 4 and array.shape[3] == 4:
+        raise DataError(f"{path}: {name} has shape {array.shape}, RGBA; save the colours "
+                        f"alone, {name}[..., :3]")
     if array.ndim != 4 or array.shape[3] not in (1, 3) or not len(array):
         raise DataError(f"{path}: {name} has shape {array.shape}; expected images "
                         "(N, H, W) or (N, H, W, C) with C 1 or 3, and N >= 1")
@@ -142,6 +162,8 @@ def _check_images(array: np.ndarray, path: Path, name: str) -> np.ndarray:
 
 
 def _check_labels(labels: np.ndarray, count: int, path: Path) -> torch.Tensor:
+    if labels.ndim == 2 and labels.shape[1] == 1:  # (N, 1), as Keras's CIFAR ships them
+        labels = labels[:, 0]
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels have shape {labels.shape} and dtype {labels.dtype}; "
                         "expected one integer per image")

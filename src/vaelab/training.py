@@ -72,6 +72,8 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
         raise VaelabError(f"{run_dir} already holds a run; continue it with `vaelab train "
                           f"--resume {run_dir}`, pick another --out, or pass --force to replace it")
     device = resolve_device(config.device)
+    if config.data is not None:  # recorded absolute: later commands may run from elsewhere
+        config = config.replace(data=str(Path(config.data).expanduser().absolute()))
     train_split, val_split = load_data(config)
     config = with_data_shape(config, train_split)
     _make_run_dir(run_dir)
