@@ -4,7 +4,7 @@ VENV ?= .venv
 RUN ?= runs/seed-defaults
 BIN := $(VENV)/bin
 
-.PHONY: train test test-cpus test-slow clean
+.PHONY: train test test-cpus test-slow notebook clean
 
 # The venv is rebuilt when pyproject.toml changes; a stamp per extra avoids reinstalling.
 $(VENV)/.installed-core: pyproject.toml
@@ -46,6 +46,12 @@ test-cpus: $(VENV)/.installed-test
 
 test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
+
+# Run the notebook in full (QUICK = False, about 8 minutes on 2 cores), keep its outputs in
+# vae_from_scratch.ipynb and render docs/vae_from_scratch.html (nbconvert).
+notebook: $(VENV)/.installed-test
+	@$(BIN)/python -c "import nbconvert" 2>/dev/null || $(BIN)/pip install --quiet 'nbconvert>=7'
+	$(BIN)/python scripts/run_notebook.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
