@@ -47,12 +47,13 @@ def peak_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
-def vaelab_row(data: Path, epochs: int, batch_size: int, run_dir: Path, precision: str) -> dict:
+def vaelab_row(data: Path, epochs: int, batch_size: int, run_dir: Path, precision: str,
+               device: str) -> dict:
     """Time load_data (decode + cache write on a fresh cache, else a cache read), then train."""
     import vaelab
     from vaelab.data import load_data
 
-    config = vaelab.Config(data=str(data), epochs=epochs, batch_size=batch_size, device="cpu",
+    config = vaelab.Config(data=str(data), epochs=epochs, batch_size=batch_size, device=device,
                            precision=precision)
     tick = time.perf_counter()
     train, val = load_data(config)
@@ -65,7 +66,7 @@ def vaelab_row(data: Path, epochs: int, batch_size: int, run_dir: Path, precisio
             "peak_mb": peak_mb()}
 
 
-def peers_row(data: Path, epochs: int, batch_size: int, precision: str) -> dict:
+def peers_row(data: Path, epochs: int, batch_size: int, precision: str, device: str) -> dict:
     """The same model and loss, fed the way torchvision's examples feed a folder of images."""
     from PIL import Image
     from torch.utils.data import DataLoader
@@ -86,21 +87,23 @@ def peers_row(data: Path, epochs: int, batch_size: int, precision: str) -> dict:
     train_set.transform = transform
     val_set = datasets.ImageFolder(data / "val", transform=transform)
     load_seconds = time.perf_counter() - tick
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+    pin = device.startswith("cuda")  # as pytorch/examples' loaders do on a GPU
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, pin_memory=pin,
                               num_workers=WORKERS, persistent_workers=False)
-    val_loader = DataLoader(val_set, batch_size=EVAL_BATCH, num_workers=WORKERS,
+    val_loader = DataLoader(val_set, batch_size=EVAL_BATCH, num_workers=WORKERS, pin_memory=pin,
                             persistent_workers=False)
 
     shape = tuple(train_set[0][0].shape)
-    config = vaelab.Config(data=str(data), epochs=epochs, batch_size=batch_size, device="cpu",
+    config = vaelab.Config(data=str(data), epochs=epochs, batch_size=batch_size, device=device,
                            precision=precision)
     config = config.replace(channels=shape[0], height=shape[1], width=shape[2])
-    bf16 = uses_bf16(config.precision, torch.device("cpu"))  # autocast as vaelab's loop does
+    where = torch.device(device)
+    bf16 = uses_bf16(config.precision, where)  # autocast as vaelab's loop does
     torch.manual_seed(config.seed)
     # As vaelab's TrainingState builds it, so that only the data pipeline differs.
-    model = build_model(config).to(memory_format=config.torch_memory_format)
+    model = build_model(config).to(where, memory_format=config.torch_memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
-    noise = torch.Generator().manual_seed(config.seed + 1)
+    noise = torch.Generator(where).manual_seed(config.seed + 1)
 
     rows = []
     for epoch in range(1, epochs + 1):
@@ -108,7 +111,8 @@ def peers_row(data: Path, epochs: int, batch_size: int, precision: str) -> dict:
         model.train()
         train_sum = 0.0
         for x, _ in train_loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            x = x.to(where, non_blocking=True)
+            with torch.autocast(where.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x, noise)
             loss = elbo_terms(model.likelihood.nll(out.params, x), out.mu, out.logvar).loss
             optimizer.zero_grad(set_to_none=True)
@@ -117,10 +121,11 @@ def peers_row(data: Path, epochs: int, batch_size: int, precision: str) -> dict:
             train_sum += loss.detach().sum().item()
         train_seconds = time.perf_counter() - started
         model.eval()
-        val_sum, generator = 0.0, torch.Generator().manual_seed(config.seed)
+        val_sum, generator = 0.0, torch.Generator(where).manual_seed(config.seed)
         with torch.inference_mode():
             for x, _ in val_loader:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                x = x.to(where, non_blocking=True)
+                with torch.autocast(where.type, dtype=torch.bfloat16, enabled=bf16):
                     out = model(x, generator)
                 val_sum += elbo_terms(model.likelihood.nll(out.params, x), out.mu,
                                       out.logvar).loss.sum().item()
@@ -135,8 +140,8 @@ def peers_row(data: Path, epochs: int, batch_size: int, precision: str) -> dict:
 
 def run_row(args: argparse.Namespace) -> dict:
     data, epochs, batch = Path(args.data), args.epochs, args.batch_size
-    result = peers_row(data, epochs, batch, args.precision) if args.row == "peers" else \
-        vaelab_row(data, epochs, batch, Path(args.run_dir), args.precision)
+    result = peers_row(data, epochs, batch, args.precision, args.device) if args.row == "peers" \
+        else vaelab_row(data, epochs, batch, Path(args.run_dir), args.precision, args.device)
     return {**result, "threads": torch.get_num_threads()}
 
 
@@ -166,7 +171,7 @@ def launch(row: str, folder: Path, cache: Path, work: Path, args: argparse.Names
     done = subprocess.run(
         [sys.executable, __file__, "--row", row, "--data", str(folder), "--run-dir", str(run_dir),
          "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-         "--precision", args.precision],
+         "--precision", args.precision, "--device", args.device],
         env={**os.environ, "VAELAB_CACHE_DIR": str(cache)}, capture_output=True, text=True,
         check=False)
     if done.returncode:
@@ -187,7 +192,8 @@ def print_table(results: dict, args: argparse.Namespace, folders: str) -> None:
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
           f"(load average {args.load_before:.1f} before the rows, {load:.1f} after), "
           f"torch {torch.__version__} (default threads: {', '.join(map(str, sorted(threads)))}"
-          f"; DataLoader workers: {WORKERS}, one thread each). Precision {args.precision}, "
+          f"; DataLoader workers: {WORKERS}, one thread each). Device {args.device}, precision "
+          f"{args.precision}, "
           f"batch {args.batch_size}, "
           f"{args.epochs} epoch(s) timed per row; an epoch = training + validation. {folders}\n")
     header = ["dataset", "row", "images (train+val)", "load s", "decode img/s", "s/epoch",
@@ -227,6 +233,7 @@ def main() -> None:
     parser.add_argument("--limit-val", type=int, help="validation images (default: all 10,000)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed per row")
     parser.add_argument("--batch-size", type=int, default=64, help="the seed's: 64")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: both pipelines")
     parser.add_argument("--precision", choices=("fp32", "auto"), default="fp32",
                         help="both pipelines' model: fp32 (the seed's) or auto (bf16 autocast "
                              "on a CPU that computes it natively, as --recipe fast)")
