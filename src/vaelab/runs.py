@@ -62,7 +62,6 @@ class Run:
     data: dict | None = None  # what it trained on: split sizes, shape, classes (None: older)
 
 
-
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
              device: str | None = "cpu") -> Run:
     """Rebuild a run's model from RUN_DIR/best.pt (or last.pt); device None = the run's own."""

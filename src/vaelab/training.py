@@ -72,8 +72,7 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
         raise VaelabError(f"{run_dir} already holds a run; continue it with `vaelab train "
                           f"--resume {run_dir}`, pick another --out, or pass --force to replace it")
     device = resolve_device(config.device)
-    if config.data is not None:  # recorded absolute: later commands may run from elsewhere
-        config = config.replace(data=str(Path(config.data).expanduser().absolute()))
+    config = _absolute_data(config)
     train_split, val_split = load_data(config)
     config = with_data_shape(config, train_split)
     _make_run_dir(run_dir)
@@ -115,9 +114,16 @@ def check_resume_changes(changes: dict[str, Any]) -> None:
                           f"(only {', '.join(RESUMABLE_CHANGES)}); start a new run instead")
 
 
+def _absolute_data(config: Config) -> Config:
+    """--data is recorded absolute: later commands may run from another folder."""
+    if config.data is None:
+        return config
+    return config.replace(data=str(Path(config.data).expanduser().absolute()))
+
+
 def _resumed_config(payload: dict[str, Any], run_dir: Path, changes: dict[str, Any]) -> Config:
     saved = config_from_checkpoint(payload, run_dir)
-    config = saved.replace(**changes)
+    config = _absolute_data(saved.replace(**changes))
     if config.epochs < payload["epoch"]:
         raise VaelabError(f"{run_dir} has already trained {payload['epoch']} epochs; "
                           f"--epochs must be at least that, got {config.epochs}")
