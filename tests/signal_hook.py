@@ -66,6 +66,9 @@ def install(target: str, at: int, action: str) -> None:
 
 
 if __name__ == "__main__":
+    # A shell starts background jobs (`make test &`) with SIGINT ignored, and Python keeps an
+    # inherited SIG_IGN: restore what an interactive user's process has, Ctrl-C as an exception.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     target, at, action, *arguments = sys.argv[1:]
     install(target, int(at), action)
     from vaelab.cli import main
