@@ -23,6 +23,19 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_cache(tmp_path_factory):
+    """Decoded-image caches go to a folder of the session's own, never to ~/.cache (a test
+    that counts decodes points VAELAB_CACHE_DIR at a folder of its own)."""
+    previous = os.environ.get("VAELAB_CACHE_DIR")
+    os.environ["VAELAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("VAELAB_CACHE_DIR", None)
+    else:
+        os.environ["VAELAB_CACHE_DIR"] = previous
+
+
 @pytest.fixture()
 def tiny_config(data_dir: Path) -> Config:
     """The real code path at a tiny size: 512 training and 256 validation images, CPU."""

@@ -1,18 +1,16 @@
-"""Options that change what training or a command does, each checked where it takes effect:
-the one-cycle lr, bf16, torch.compile, recipes, the other datasets, evaluate's checkpoint
-and split, and the report command."""
+"""Options that change what training does, each checked where it takes effect: the one-cycle
+lr, bf16, torch.compile, recipes and the other datasets. (evaluate's --checkpoint and --split
+are tested in test_write_evaluation.py, the report command in test_report.py.)"""
 
-import base64
 import gzip
 import json
 import math
 import struct
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 import torch
-from helpers import cli, sha256
+from helpers import cli
 
 import vaelab.evaluate
 import vaelab.state
@@ -283,93 +281,3 @@ def test_a_tiny_epoch_trains_on_exactly_the_datasets_images(tmp_path, monkeypatc
                        torch.unique(torch.from_numpy(images).flatten(1), dim=0))
     assert len(seen) == len(images)  # each image once
     assert json.loads((run / "config.json").read_text())["dataset"] == dataset
-
-
-# ---- vaelab evaluate --checkpoint / --split -------------------------------------------------
-
-def spy_on_evaluation(monkeypatch):
-    seen = []
-    real = vaelab.evaluate.log_likelihood_iw
-
-    def spy(model, images, *args, **kwargs):
-        seen.append((model.state_dict(), images.clone()))
-        return real(model, images, *args, **kwargs)
-
-    monkeypatch.setattr(vaelab.evaluate, "log_likelihood_iw", spy)
-    return seen
-
-
-def test_evaluate_checkpoint_last_measures_last_pt(tiny_config, tmp_path, capsys, monkeypatch):
-    """A run whose second epoch scored worse keeps epoch 1 in best.pt and epoch 2 in last.pt."""
-    real = training.evaluate_elbo
-    epochs = []
-
-    def worse_after_the_first(model, images, seed):
-        totals = real(model, images, seed)
-        totals.sums = totals.sums * (1 + len(epochs))
-        epochs.append(1)
-        return totals
-
-    monkeypatch.setattr(training, "evaluate_elbo", worse_after_the_first)
-    run = train(tiny_config.replace(epochs=2, limit_train=128, limit_val=64), tmp_path / "run")
-    seen = spy_on_evaluation(monkeypatch)
-    assert sha256(run / "best.pt") != sha256(run / "last.pt")
-    for checkpoint, epoch in (("last", 2), ("best", 1)):
-        code, out, err = cli(capsys, "evaluate", run, "--checkpoint", checkpoint, "--iw-samples",
-                             2, "--limit", 20, "--quiet")
-        assert code == 0, err
-        assert f"{checkpoint}.pt (epoch {epoch})" in out
-        result = json.loads((run / "eval.json").read_text())
-        assert (result["checkpoint"], result["epoch"]) == (checkpoint, epoch)
-        assert result["checkpoint_sha256"] == sha256(run / f"{checkpoint}.pt")
-        weights = torch.load(run / f"{checkpoint}.pt", weights_only=True)["model"]
-        assert all(torch.equal(weights[name], value) for name, value in seen[-1][0].items())
-
-
-def test_evaluate_split_train_writes_eval_train_json(tiny_config, tmp_path, capsys,
-                                                    monkeypatch):
-    run = train(tiny_config.replace(limit_train=128, limit_val=64), tmp_path / "run")
-    seen = spy_on_evaluation(monkeypatch)
-    code, out, err = cli(capsys, "evaluate", run, "--split", "train", "--iw-samples", 2,
-                         "--limit", 30, "--quiet")
-    assert code == 0, err
-    assert out.startswith("30 train images") and out.strip().endswith(
-        f"written to {run / 'eval-train.json'}")
-    result = json.loads((run / "eval-train.json").read_text())
-    assert result["split"] == "train" and result["images"] == 30
-    assert not (run / "eval.json").exists()
-    expected = load_split("mnist", "train", tiny_config.data_dir, limit=30).images
-    assert torch.equal(seen[0][1], expected)
-
-
-# ---- vaelab report --------------------------------------------------------------------------
-
-class Sources(HTMLParser):
-    """Every <img> (alt, src), and every attribute that loads something."""
-
-    def __init__(self):
-        super().__init__()
-        self.images, self.loads = [], []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "img":
-            self.images.append((attrs.get("alt"), attrs.get("src")))
-        self.loads += [attrs[key] for key in ("src", "href") if key in attrs]
-
-
-def test_report_command_embeds_every_figure_as_a_data_uri(capsys, tiny_config, tmp_path):
-    run = train(tiny_config.replace(limit_train=128, limit_val=64), tmp_path / "run")
-    assert not (run / "report.html").exists()
-    code, out, err = cli(capsys, "report", run)
-    assert code == 0, err
-    assert out == f"report: {run / 'report.html'}\n"
-    page = Sources()
-    page.feed((run / "report.html").read_text())
-    figures = {path.stem: path for path in (run / "figures").glob("*.png")}
-    assert set(figures) == {"curves", "reconstructions", "samples", "interpolation", "latent"}
-    assert sorted(alt for alt, _ in page.images) == sorted(figures)
-    for alt, src in page.images:
-        encoded = base64.b64encode(figures[alt].read_bytes()).decode()
-        assert src == f"data:image/png;base64,{encoded}"
-    assert len(page.loads) == len(page.images)  # nothing else is loaded

@@ -1,7 +1,12 @@
 """report.html: self-contained, opened in headless Chromium, every image loaded."""
 
+import base64
 import re
+from html.parser import HTMLParser
 
+from helpers import cli
+
+from vaelab import train
 from vaelab.cli import main
 from vaelab.report import write_report
 
@@ -27,3 +32,34 @@ def test_train_writes_the_report_and_prints_its_path(capsys, tiny_config, tmp_pa
     assert code == 0
     assert out.strip().splitlines()[-1] == f"report: {tmp_path / 'run' / 'report.html'}"
     assert (tmp_path / "run" / "figures" / "samples.png").is_file()
+
+
+class Sources(HTMLParser):
+    """Every <img> (alt, src), and every attribute that loads something."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.loads = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append((attrs.get("alt"), attrs.get("src")))
+        self.loads += [attrs[key] for key in ("src", "href") if key in attrs]
+
+
+def test_report_command_embeds_every_figure_as_a_data_uri(capsys, tiny_config, tmp_path):
+    run = train(tiny_config.replace(limit_train=128, limit_val=64), tmp_path / "run")
+    assert not (run / "report.html").exists()
+    code, out, err = cli(capsys, "report", run)
+    assert code == 0, err
+    assert out == f"report: {run / 'report.html'}\n"
+    page = Sources()
+    page.feed((run / "report.html").read_text())
+    figures = {path.stem: path for path in (run / "figures").glob("*.png")}
+    assert set(figures) == {"curves", "reconstructions", "samples", "interpolation", "latent"}
+    assert sorted(alt for alt, _ in page.images) == sorted(figures)
+    for alt, src in page.images:
+        encoded = base64.b64encode(figures[alt].read_bytes()).decode()
+        assert src == f"data:image/png;base64,{encoded}"
+    assert len(page.loads) == len(page.images)  # nothing else is loaded

@@ -1,5 +1,6 @@
 """write_evaluation and evaluate_run on an untrained model saved as a run: what is measured,
-written and refused, in seconds (no training)."""
+written and refused, in seconds (no training); then `vaelab evaluate --checkpoint` and
+`--split` on small trained runs."""
 
 import json
 import math
@@ -7,11 +8,11 @@ import time
 
 import pytest
 import torch
-from helpers import sha256
+from helpers import cli, sha256
 
 import vaelab.evaluate
 import vaelab.training as training
-from vaelab import load_run
+from vaelab import load_run, train
 from vaelab.data import (
     TEST_BINARIZATION_SEED,
     binarize,
@@ -215,3 +216,62 @@ def test_summary_of_one_image_and_the_active_unit_threshold():
     assert result["neg_elbo_stderr"] == pytest.approx(math.sqrt(2) / math.sqrt(2))
     assert result["nll_stderr"] == 0.0
     assert result["active_units"] == 2  # per-unit variances 0.0081, 0, 0.04 and 0.09
+
+
+# ---- through the CLI: --checkpoint and --split --------------------------------------------
+
+def spy_on_evaluation(monkeypatch):
+    seen = []
+    real = vaelab.evaluate.log_likelihood_iw
+
+    def spy(model, images, *args, **kwargs):
+        seen.append((model.state_dict(), images.clone()))
+        return real(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(vaelab.evaluate, "log_likelihood_iw", spy)
+    return seen
+
+
+def test_evaluate_checkpoint_last_measures_last_pt(tiny_config, tmp_path, capsys, monkeypatch):
+    """A run whose second epoch scored worse keeps epoch 1 in best.pt and epoch 2 in last.pt."""
+    real = training.evaluate_elbo
+    epochs = []
+
+    def worse_after_the_first(model, images, seed):
+        totals = real(model, images, seed)
+        totals.sums = totals.sums * (1 + len(epochs))
+        epochs.append(1)
+        return totals
+
+    monkeypatch.setattr(training, "evaluate_elbo", worse_after_the_first)
+    run = train(tiny_config.replace(epochs=2, limit_train=128, limit_val=64), tmp_path / "run")
+    seen = spy_on_evaluation(monkeypatch)
+    assert sha256(run / "best.pt") != sha256(run / "last.pt")
+    for checkpoint, epoch in (("last", 2), ("best", 1)):
+        code, out, err = cli(capsys, "evaluate", run, "--checkpoint", checkpoint, "--iw-samples",
+                             2, "--limit", 20, "--quiet")
+        assert code == 0, err
+        assert f"{checkpoint}.pt (epoch {epoch})" in out
+        result = json.loads((run / "eval.json").read_text())
+        assert (result["checkpoint"], result["epoch"]) == (checkpoint, epoch)
+        assert result["checkpoint_sha256"] == sha256(run / f"{checkpoint}.pt")
+        weights = torch.load(run / f"{checkpoint}.pt", weights_only=True)["model"]
+        assert all(torch.equal(weights[name], value) for name, value in seen[-1][0].items())
+
+
+def test_evaluate_split_train_writes_eval_train_json(tiny_config, tmp_path, capsys,
+                                                    monkeypatch):
+    run = train(tiny_config.replace(limit_train=128, limit_val=64), tmp_path / "run")
+    seen = spy_on_evaluation(monkeypatch)
+    code, out, err = cli(capsys, "evaluate", run, "--split", "train", "--iw-samples", 2,
+                         "--limit", 30, "--quiet")
+    assert code == 0, err
+    assert out.startswith("30 train images") and out.strip().endswith(
+        f"written to {run / 'eval-train.json'}")
+    result = json.loads((run / "eval-train.json").read_text())
+    assert result["split"] == "train" and result["images"] == 30
+    assert not (run / "eval.json").exists()
+    expected = load_split("mnist", "train", tiny_config.data_dir, limit=30).images
+    assert torch.equal(seen[0][1], expected)
+
+

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import first_line
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,7 @@ def read(key: str) -> torch.Tensor | None:
                 images.dtype != torch.uint8 or _digest(images) != saved["sha256"]:
             raise ValueError("it does not match this folder and version")
     except Exception as err:  # noqa: BLE001 - whatever is wrong with it, decode again
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        log.info("the image cache %s is unusable (%s); decoding again", file, reason)
+        log.info("the image cache %s is unusable (%s); decoding again", file, first_line(err))
         return None
     return images
 

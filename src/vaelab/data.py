@@ -154,8 +154,9 @@ def validation_split(config: Config, data_dir: str | os.PathLike | None = None,
 def run_split(config: Config, split: str, data_dir: str | os.PathLike | None = None,
               data: str | os.PathLike | None = None) -> Split:
     """A run's whole training ('train') or validation ('val') set, without its limits."""
-    config = config.replace(limit_train=None, limit_val=None, data=str(data) if data else
-                            config.data, data_dir=str(data_dir or config.data_dir or "") or None)
+    config = config.replace(limit_train=None, limit_val=None,
+                            data=str(data) if data else config.data,
+                            data_dir=str(data_dir) if data_dir else config.data_dir)
     if config.data is None:  # only the files it needs
         return _resized(config, load_split(config.dataset, split, config.data_dir))
     return load_data(config)[split == "val"]

@@ -5,6 +5,11 @@ that escapes is a bug in vaelab and keeps its traceback.
 """
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message, first line only (its type's name if it has none)."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 class VaelabError(Exception):
     """A problem with the user's input, files or environment; the message says the fix."""
 

@@ -112,7 +112,7 @@ class Explorer:
 
     def fit_upload(self, image: np.ndarray | None) -> np.ndarray:
         """Any picture -> (C, H, W) uint8 of the model's shape: converted, resized to cover
-        and centre-cropped, as `--image-size` prepares training images."""
+        it and centre-cropped (Pillow's ImageOps.fit, which also takes non-square shapes)."""
         if image is None or not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
             raise VaelabError("no image: upload a picture")
         if image.shape[0] * image.shape[1] > MAX_UPLOAD_PIXELS:
@@ -121,12 +121,11 @@ class Explorer:
         picture = Image.fromarray(image.astype(np.uint8)).convert("L" if channels == 1 else
                                                                   "RGB")
         fitted = np.asarray(ImageOps.fit(picture, (width, height), Image.Resampling.BILINEAR))
-        return fitted[None] if channels == 1 else fitted.transpose(2, 0, 1).copy()
+        return (fitted[None] if channels == 1 else fitted.transpose(2, 0, 1)).copy()
 
     def project(self, codes: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, 2): the first two principal coordinates (the second 0 when D = 1)."""
-        coordinates = (codes.double() - self.mean) @ self.directions[:2].T
-        return torch.nn.functional.pad(coordinates, (0, 2 - coordinates.shape[1]))
+        return generate.principal_coordinates(codes, self.mean, self.directions)
 
 
 def enlarge(image: torch.Tensor, ink: bool = True) -> np.ndarray:

@@ -148,8 +148,15 @@ def project_2d(codes: torch.Tensor, method: str = "pca", seed: int = 0) -> torch
         return torch.from_numpy(TSNE(2, init="pca", random_state=seed).fit_transform(
             codes.double().numpy())).float()
     mean, directions, _ = principal_axes(codes)
-    coordinates = (codes.double() - mean) @ directions[:2].T  # fewer than 2 when N < 2
-    return torch.nn.functional.pad(coordinates, (0, 2 - coordinates.shape[1])).float()
+    return principal_coordinates(codes, mean, directions).float()
+
+
+def principal_coordinates(codes: torch.Tensor, mean: torch.Tensor, directions: torch.Tensor
+                          ) -> torch.Tensor:
+    """(N, D) -> (N, 2) float64: coordinates along the first two directions, zero-padded
+    where there are fewer (D = 1, or a single code)."""
+    coordinates = (codes.double() - mean) @ directions[:2].T
+    return torch.nn.functional.pad(coordinates, (0, 2 - coordinates.shape[1]))
 
 
 def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@
 A folder is searched recursively. Class subfolders become labels in sorted order (as
 torchvision's ImageFolder does); train/ and val/ (or test/) subfolders are used as given,
 otherwise a seeded share of each class is held out (--val-fraction). Files are decoded once, in
-parallel threads (Pillow releases the GIL while it decodes), into a cache of uint8 tensors
+parallel threads (Pillow releases the GIL while it decodes, though for small images Python's
+share of the work bounds the speed-up), into a cache of uint8 tensors
 outside the data folder, keyed by every file's path, size and modification time and by the
 size and channel options: a second run reads the cache, and a changed folder is decoded again.
 """
@@ -23,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from . import cache
-from .errors import DataError
+from .config import check_shape
+from .errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ def probe(path: Path) -> tuple[tuple[int, int], int]:
         with Image.open(path) as picture:
             return picture.size, channels_of(picture, path)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot be read as an image ({_reason(err)}); replace or "
+        raise DataError(f"{path}: cannot be read as an image ({first_line(err)}); replace or "
                         "remove it") from None
 
 
@@ -164,7 +166,7 @@ def decode(path: Path, size: int | None, channels: int) -> np.ndarray:
             picture.load()
             return fit(picture, size, channels, path)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot be decoded ({_reason(err)}); replace or remove it "
+        raise DataError(f"{path}: cannot be decoded ({first_line(err)}); replace or remove it "
                         "(vaelab does not skip images silently)") from None
 
 
@@ -185,7 +187,7 @@ def fit(picture: Image.Image, size: int | None, channels: int, name: object) -> 
     picture = picture.convert("L" if channels == 1 else "RGB")
     if size is not None:
         picture = _resize_and_crop(picture, size)
-    pixels = np.asarray(picture, dtype=np.uint8)
+    pixels = np.array(picture, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
@@ -197,10 +199,6 @@ def _resize_and_crop(picture: Image.Image, size: int) -> Image.Image:
     left = int(round((new_width - size) / 2.0))
     top = int(round((new_height - size) / 2.0))
     return picture.crop((left, top, left + size, top + size))
-
-
-def _reason(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 # ---- a whole folder, through the cache -------------------------------------------------------
@@ -226,8 +224,6 @@ def read_folder(listing: Listing, size: int | None, channels: int | None,
 
 def _decode_all(listing: Listing, size: int | None, channels: int | None,
                 arch: str) -> torch.Tensor:
-    from .config import check_shape
-
     files = listing.files
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         headers = list(pool.map(probe, files))
@@ -242,18 +238,19 @@ def _decode_all(listing: Listing, size: int | None, channels: int | None,
         shape = (channels or first_channels, size or height, size or width)
         check_shape(shape, arch)
         check_memory(len(files), shape, listing.root)
-        images = torch.empty((len(files), shape[1], shape[2], shape[0]), dtype=torch.uint8)
+        images = torch.empty((len(files), *shape), dtype=torch.uint8)
         log.info("decoding %d images from %s (once; later runs read the cache)", len(files),
                  listing.root)
 
         def store(index: int) -> None:
-            images[index] = torch.from_numpy(decode(files[index], size, shape[0]).copy())
+            pixels = decode(files[index], size, shape[0])  # (H, W, C)
+            images[index] = torch.from_numpy(pixels).permute(2, 0, 1)
 
         with tqdm(total=len(files), unit="image", desc="decoding", leave=False,
                   disable=None) as bar:  # shown on a terminal only
             for _ in pool.map(store, range(len(files))):
                 bar.update()
-    return images.permute(0, 3, 1, 2).contiguous()
+    return images
 
 
 def _mode_name(channels: int) -> str:
