@@ -53,6 +53,16 @@ def trained_run(data_dir, tmp_path_factory) -> Path:
     return train(config, tmp_path_factory.mktemp("runs") / "trained", progress=False)
 
 
+@pytest.fixture(scope="session")
+def conditional_run(data_dir, tmp_path_factory) -> Path:
+    """A conditional run trained as trained_run is: 3 epochs of 6,400 real MNIST images."""
+    from vaelab import train
+
+    config = Config(data_dir=str(data_dir), limit_train=6400, limit_val=1000, epochs=3,
+                    device="cpu", conditional=True)
+    return train(config, tmp_path_factory.mktemp("runs") / "conditional", progress=False)
+
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]

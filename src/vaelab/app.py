@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import VaelabError
 from .explore import Explorer, read_picture
-from .generate import default_pair
+from .generate import class_index, default_pair
 
 STEP = 0.05  # slider resolution, in standard deviations
 RANGE = 4.0  # sliders span +-4 standard deviations around the validation codes' mean
@@ -62,28 +62,50 @@ def _slider_tab(gr, explorer: Explorer, start) -> None:
             index = gr.Number(0, precision=0, label="start from validation image (index)",
                               elem_id="base-index")
             reset = gr.Button("Reset the sliders to this image", elem_id="reset")
+            # A conditional run: the sliders move the style, the class sets the digit.
+            chosen = _class_picker(gr, explorer, explorer.label_of(0), "class (the digit)",
+                                   "slider-class")
             sliders = [gr.Slider(-RANGE, RANGE, value=_clip(value), step=STEP,
                                  label=f"direction {i + 1} (σ)", elem_id=f"slider-{i + 1}")
                        for i, value in enumerate(explorer.to_sliders(start))]
         with gr.Column():
-            decoded = gr.Image(explorer.decode(start), label="decoded", format="png",
-                               interactive=False, elem_id="slider-image")
+            decoded = gr.Image(explorer.decode(start, explorer.label_of(0)), label="decoded",
+                               format="png", interactive=False, elem_id="slider-image")
             where = gr.Image(explorer.map.marked(explorer.project(start[None])[0]),
                              label="where z lies", format="png", interactive=False)
+    pickers = [chosen] if chosen else []
 
     def show(base_index, *values):
-        return explorer.at_sliders(list(values), explorer.code(_whole(base_index)))
+        label = _label(explorer, values[0]) if chosen else None
+        values = values[1:] if chosen else values
+        return explorer.at_sliders(list(values), explorer.code(_whole(base_index)), label)
 
     def to_image(base_index):
         values = [_clip(v) for v in explorer.to_sliders(explorer.code(_whole(base_index)))]
-        return values + list(show(base_index, *values))
+        label = explorer.label_of(_whole(base_index))
+        picked = [explorer.val.classes[label]] if chosen else []
+        return picked + values + list(show(base_index, *picked, *values))
 
     show, to_image = _friendly(gr, show), _friendly(gr, to_image)
-    for slider in sliders:
-        slider.change(show, [index, *sliders], [decoded, where], show_progress="hidden",
-                      trigger_mode="always_last")
+    for control in (*pickers, *sliders):
+        control.change(show, [index, *pickers, *sliders], [decoded, where],
+                       show_progress="hidden", trigger_mode="always_last")
     for event in (reset.click, index.submit):
-        event(to_image, [index], [*sliders, decoded, where], show_progress="hidden")
+        event(to_image, [index], [*pickers, *sliders, decoded, where], show_progress="hidden")
+
+
+def _class_picker(gr, explorer: Explorer, label: int | None, title: str, elem_id: str):
+    """A dropdown of the run's classes for a conditional run; None for any other."""
+    if not explorer.conditional:
+        return None
+    classes = list(explorer.val.classes)
+    return gr.Dropdown(classes, value=classes[label or 0], label=title, elem_id=elem_id)
+
+
+def _label(explorer: Explorer, name) -> int:
+    if name is None:
+        raise VaelabError("pick a class")
+    return class_index(explorer.val.classes, name)
 
 
 def _interpolation_tab(gr, explorer: Explorer) -> None:
@@ -134,6 +156,8 @@ def _encode_tab(gr, explorer: Explorer) -> None:
         # reaches read_picture, which explains the problem, instead of failing inside Gradio.
         upload = gr.File(label="upload a picture (PNG, JPEG, ...)", file_types=["image"],
                          type="filepath", elem_id="upload")
+    chosen = _class_picker(gr, explorer, 0, "the picture's class (a conditional run encodes "
+                           "and decodes with it)", "encode-class")
     if explorer.drawable:
         encode = gr.Button("Encode the drawing", elem_id="encode-drawing")
     status = gr.Markdown("", elem_id="encode-status")
@@ -148,23 +172,25 @@ def _encode_tab(gr, explorer: Explorer) -> None:
                           interactive=False)
     outputs = [status, prepared, rebuilt, neighbours, where]
 
-    def run(image):
+    def run(image, name=None):
         try:
             if isinstance(image, dict):  # the sketchpad's layers: use what is shown
                 image = image.get("composite")
             elif isinstance(image, str):  # an uploaded file's path
                 image = read_picture(image)
-            result = explorer.encode_image(image)
+            result = explorer.encode_image(image, _label(explorer, name) if chosen else None)
         except VaelabError as err:
             return [f"**Could not encode:** {err}", None, None, None, None]
         labels = ", ".join(map(str, result["neighbour_labels"]))
         return [f"Encoded. Nearest validation images: {labels}.", result["input"],
                 result["reconstruction"], result["neighbours"], result["map"]]
 
+    picked = [chosen] if chosen else []
     if explorer.drawable:
-        encode.click(run, [sketch], outputs)
+        encode.click(run, [sketch, *picked], outputs)
     # The file widget is emptied again so that the next picture can be uploaded straight away.
-    upload.upload(lambda path: [*run(path), None], [upload], [*outputs, upload])
+    upload.upload(lambda path, *name: [*run(path, *name), None], [upload, *picked],
+                  [*outputs, upload])
 
 
 def _friendly(gr, handler):

@@ -39,6 +39,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if not f.metadata["flag"]:
             continue
         kind, choices, _ = field_kind(f.name)
+        if kind is bool:  # a switch: off unless given
+            parser.add_argument(flag_name(f.name), dest=f.name, action="store_true",
+                                default=argparse.SUPPRESS, help=_literal(f.metadata["help"]))
+            continue
         parser.add_argument(flag_name(f.name), dest=f.name, type=kind, choices=choices,
                             default=argparse.SUPPRESS, metavar=None if choices else f.name.upper(),
                             help=_literal(f"{f.metadata['help']} (default: {f.default})"))
@@ -135,9 +139,14 @@ def add_figure_commands(commands) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --sample (default: 0)")
 
     p = command("sample", "new digits: decoded z ~ N(0, T^2 I)",
-                lambda r, run, val, a: [r.figure_samples(run, a.n, a.temperature, a.seed)],
+                lambda r, run, val, a: [r.figure_samples(run, a.n, a.temperature, a.seed,
+                                                         a.label)],
                 ["samples"])
-    p.add_argument("--n", type=int, default=64, help="how many samples (default: 64)")
+    p.add_argument("--n", type=int, help="how many samples (default: 64; a conditional run's "
+                                          "class grid: 10 per class)")
+    p.add_argument("--label", metavar="CLASS",
+                   help="conditional runs: draw every sample as this class (name or index); "
+                        "without it, one row per class")
     p.add_argument("--temperature", type=float, default=1.0, help="T (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
 
@@ -164,6 +173,12 @@ def add_figure_commands(commands) -> None:
     p.add_argument("--tsne", action="store_true",
                    help="t-SNE instead of PCA (needs scikit-learn: vaelab[tsne])")
 
+    p = command("analogy", "conditional runs: validation images, each code decoded with every "
+                "label", lambda r, run, val, a: [r.figure_analogies(run, val, a.n)],
+                ["analogies"])
+    p.add_argument("--n", type=int, default=8,
+                   help="how many validation images, taking the classes in turn (default: 8)")
+
     command("curves", "training curves from metrics.csv",
             lambda r, run, val, a: [r.figure_curves(run)], ["curves"])
 
@@ -189,17 +204,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                     progress=False if args.quiet else None, exact=args.exact,
                                     data=args.data)
     k, stderr = result["iw_samples"], result["nll_stderr"]
-    rows = [(f"-log p(x), IW K={k}", result["nll"], stderr),
+    px = "p(x|y)" if result.get("conditional") else "p(x)"
+    rows = [(f"-log {px}, IW K={k}", result["nll"], stderr),
             ("-ELBO", result["neg_elbo"], result["neg_elbo_stderr"]),
             ("  reconstruction", result["recon"], None), ("  KL", result["kl"], None)]
     print(f"{result['images']} {args.split} images, {result['binarize']} targets, "
           f"{result['checkpoint']}.pt (epoch {result['epoch']})")
+    if result.get("conditional"):
+        print("conditional model: every number is given each image's label y")
     print(f"{'':22}  {'nats/image':>10}  {'± stderr':>8}")
     for name, value, error in rows:
         print(f"{name:22}  {value:>10.2f}  {'' if error is None else f'{error:8.2f}':>8}")
-    print(f"{'-log p(x), bits/dim':22}  {result['nll_bits_per_dim']:>10.4f}")
+    print(f"{f'-log {px}, bits/dim':22}  {result['nll_bits_per_dim']:>10.4f}")
     if "exact_nll" in result:
-        print(f"{'-log p(x), exact':22}  {result['exact_nll']:>10.2f}  "
+        print(f"{f'-log {px}, exact':22}  {result['exact_nll']:>10.2f}  "
               f"{result['exact_nll_stderr']:8.2f}  (quadrature over z)")
         print(f"{'  estimate short by':22}  {result['exact_gap_mean']:>10.4f}  on average; "
               f"{100 * result['exact_share_off']:.1f}% of images off by more than 0.05; worst "

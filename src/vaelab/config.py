@@ -55,6 +55,11 @@ class Config:
     arch: Literal["conv", "resnet"] = setting(
         "conv", "conv: the seed's network (other sizes get one stride-2 stage per halving); "
         "resnet: a wider residual network, for colour images")
+    conditional: bool = setting(
+        False, "a conditional VAE: the label enters the encoder q(z|x, y) and the decoder "
+        "p(x|z, y), so samples can be asked for by class (needs labelled data)")
+    classes: int | None = setting(
+        None, "number of classes, recorded from the data for conditional runs", flag=False)
     height: int | None = setting(None, "image height, recorded from the data", flag=False)
     width: int | None = setting(None, "image width, recorded from the data", flag=False)
     latent_dim: int = setting(20, "size of z: the seed's LATENT_DIM")
@@ -199,10 +204,10 @@ def _fail(name: str, value: Any, allowed: str) -> typing.NoReturn:
 
 
 def field_kind(name: str) -> tuple[type, tuple | None, bool]:
-    """A field's base type (int, float or str), its Literal choices (or None), and whether
+    """A field's base type (bool, int, float or str), its Literal choices (or None), and whether
     it may be None: what the CLI needs to make its flag."""
     hint = typing.get_type_hints(Config)[name]
-    base = next(t for t in (int, float, str) if _admits(hint, t))
+    base = next(t for t in (bool, int, float, str) if _admits(hint, t))
     literal = next((a for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is Literal),
                    None)
     choices = typing.get_args(literal) if literal is not None else None
@@ -217,7 +222,7 @@ def _check_types(config: Config) -> None:
             continue
         if base is float and isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(config, f.name, float(value))  # 1 means 1.0
-        elif isinstance(value, bool) or not isinstance(value, base):
+        elif isinstance(value, bool) != (base is bool) or not isinstance(value, base):
             _fail(f.name, value, f"expected {'an' if base is int else 'a'} {base.__name__}")
 
 
@@ -241,12 +246,14 @@ def _check_values(c: Config) -> None:
     for name in ("latent_dim", "batch_size", "epochs", "iw_train"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "must be at least 1")
-    for name in ("limit_train", "limit_val", "image_size", "height", "width"):
+    for name in ("limit_train", "limit_val", "image_size", "height", "width", "classes"):
         value = getattr(c, name)
         if value is not None and value < 1:
             _fail(name, value, "must be at least 1, or unset for all images")
     if not 0 < c.val_fraction < 1:
         _fail("val_fraction", c.val_fraction, "must be between 0 and 1, e.g. 0.1")
+    if c.classes is not None and not c.conditional:
+        _fail("classes", c.classes, "recorded for conditional runs only")
     if c.data is not None and c.dataset != "mnist":
         _fail("dataset", c.dataset, "--data and --dataset name two sources of images: give one")
     if (c.height is None) != (c.width is None) or (

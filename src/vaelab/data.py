@@ -163,9 +163,17 @@ def run_split(config: Config, split: str, data_dir: str | os.PathLike | None = N
 
 
 def with_data_shape(config: Config, split: Split) -> Config:
-    """The config with the images' channels, height and width recorded, as the run saves it."""
+    """The config with the images' channels, height and width recorded, as the run saves it,
+    and for a conditional run the number of classes its labels take."""
     channels, height, width = split.images.shape[1:]
-    return config.replace(channels=channels, height=height, width=width)
+    config = config.replace(channels=channels, height=height, width=width)
+    if not config.conditional:
+        return config
+    if split.labels is None:
+        raise DataError(f"--conditional needs labelled images, and {config.data} has none: put "
+                        "each class in its own subfolder (or give labels in the .npz), or "
+                        "train without --conditional")
+    return config.replace(classes=len(split.classes))
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

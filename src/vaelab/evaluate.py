@@ -32,8 +32,9 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: unit i is active if Cov_x(E_q
 
 @torch.inference_mode()
 def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
-                  batch_size: int = EVAL_BATCH) -> Totals:
-    """Sum of -ELBO terms over uint8 `images` (N, C, H, W), one z per image.
+                  batch_size: int = EVAL_BATCH, labels: torch.Tensor | None = None) -> Totals:
+    """Sum of -ELBO terms over uint8 `images` (N, C, H, W), one z per image (given its label
+    `labels`, for a conditional model).
 
     The noise comes from a generator seeded with `seed`, so the same model always gets the
     same number and evaluation never disturbs the training run's random streams.
@@ -45,16 +46,23 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
     totals = Totals(device)
     for start in range(0, len(images), batch_size):
         x = to_float(images[start:start + batch_size].to(device))
-        out = model(x, generator)
+        out = model(x, generator, labels=_part(labels, start, batch_size, device))
         totals.add(elbo_terms(model.likelihood.nll(out.params, x), out.mu, out.logvar))
     model.train(was_training)
     return totals
 
 
+def _part(labels: torch.Tensor | None, start: int, size: int, device: torch.device
+          ) -> torch.Tensor | None:
+    return labels[start:start + size].to(device) if labels is not None else None
+
+
 @torch.inference_mode()
 def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
-                      progress: bool = False) -> dict[str, torch.Tensor]:
-    """Per-image estimates over uint8 `images` (N, C, H, W), float64 on the CPU:
+                      progress: bool = False, labels: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """Per-image estimates over uint8 `images` (N, C, H, W), float64 on the CPU (for a
+    conditional model, of log p(x|y), given each image's label in `labels`):
 
     log_px    L_K = logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K, z_k ~ q(z|x),
               a lower bound on log p(x) that tightens as K grows (Burda et al. 2016);
@@ -76,13 +84,14 @@ def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int 
     with tqdm(total=len(images), unit="image", disable=not progress, leave=False) as bar:
         for start in range(0, len(images), per_batch):
             x = to_float(images[start:start + per_batch].to(device))
-            mu, logvar = model.encode(x)
+            y = _part(labels, start, per_batch, device)
+            mu, logvar = model.encode(x, y)
             log_sum = torch.full((len(x),), -math.inf, dtype=torch.float64, device=device)
             log_sum_sq = log_sum.clone()
             nll_sum = torch.zeros(len(x), dtype=torch.float64, device=device)
             for done in range(0, samples, chunk):
                 z = model.sample_latents(mu, logvar, min(chunk, samples - done), generator)
-                nll = nll_samples(model.likelihood, model.decode_latents(z), x).double()
+                nll = nll_samples(model.likelihood, model.decode_latents(z, y), x).double()
                 log_w = log_importance_weights(-nll, z.double(), mu.double(), logvar.double())
                 log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
                 log_sum_sq = torch.logaddexp(log_sum_sq, torch.logsumexp(2 * log_w, 0))
@@ -119,15 +128,20 @@ def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, floa
 
 
 def evaluate_run(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
-                 progress: bool = False, exact: bool = False) -> dict[str, float]:
+                 progress: bool = False, exact: bool = False,
+                 labels: torch.Tensor | None = None) -> dict[str, float]:
     """The numbers of `vaelab evaluate`, timed; with `exact`, also log p(x) by quadrature
-    beside the estimate (latent sizes 1 and 2)."""
+    beside the estimate (latent sizes 1 and 2). A conditional model gets the labels and its
+    numbers are of log p(x|y)."""
     started = time.perf_counter()
-    estimates = log_likelihood_iw(model, images, samples, seed, progress)
-    result = {"iw_samples": samples, **summarize(estimates, images[0].numel())}
+    labels = labels if model.conditional else None
+    estimates = log_likelihood_iw(model, images, samples, seed, progress, labels)
+    result = {"iw_samples": samples, "conditional": model.conditional,
+              **summarize(estimates, images[0].numel())}
     if exact:
         log.info("integrating log p(x) of %d images on a grid (--exact)", len(images))
-        result.update(compare_with_estimate(model, images, estimates["log_px"], progress))
+        result.update(compare_with_estimate(model, images, estimates["log_px"], progress,
+                                            labels))
     return {**result, "seconds": time.perf_counter() - started}
 
 
@@ -157,7 +171,7 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
     result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
               "checkpoint_sha256": run.checkpoint_sha256,
               "dataset": config.data or config.dataset, "binarize": config.binarize,
-              **evaluate_run(run.model, images, samples, seed, show, exact)}
+              **evaluate_run(run.model, images, samples, seed, show, exact, chosen.labels)}
     floor = run.model.likelihood.floor(to_float(images))
     if floor is not None:
         result["pixel_entropy"] = floor

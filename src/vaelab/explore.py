@@ -2,7 +2,8 @@
 
 `vaelab explore` (app.py) only wires these to Gradio widgets, so everything here is tested
 without a browser. Sliders move z along the principal directions of the validation set's
-posterior means, in units of each direction's standard deviation.
+posterior means, in units of each direction's standard deviation. For a conditional run the
+codes hold the style and a class selector sets the digit: every decode takes a label.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Explorer:
         # canvas (and MNIST's way of preparing a digit) only makes sense for digit-like data.
         self.ink = run.config.data is None
         self.drawable = self.ink and run.model.shape == (1, 28, 28)
-        self.codes = generate.encode_means(run.model, val.images).double()  # (N, D)
+        self.conditional = run.model.conditional
+        self.codes = generate.encode_means(run.model, val.images, val.labels).double()  # (N, D)
         self.mean, axes, scales = generate.principal_axes(self.codes)
         self.directions = axes[:directions]  # (k, D), orthonormal rows; k = D when D is small
         # the floor keeps a direction with no spread (collapsed codes) usable
@@ -50,11 +52,12 @@ class Explorer:
         change = torch.tensor(values, dtype=torch.float64) - self._slider_coordinates(base)
         return base.double() + (change * self.scales) @ self.directions
 
-    def at_sliders(self, values: list[float], base: torch.Tensor
+    def at_sliders(self, values: list[float], base: torch.Tensor, label: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-        """What a slider move shows: the decoded point and the map marked where it lies."""
+        """What a slider move shows: the decoded point (as class `label`, for a conditional
+        run) and the map marked where it lies."""
         z = self.from_sliders(values, base)
-        return self.decode(z), self.map.marked(self.project(z[None])[0])
+        return self.decode(z, label), self.map.marked(self.project(z[None])[0])
 
     def _slider_coordinates(self, z: torch.Tensor) -> torch.Tensor:
         return ((z.double() - self.mean) @ self.directions.T) / self.scales
@@ -69,11 +72,16 @@ class Explorer:
         """The first validation image of a class (by name or index)."""
         if self.val.labels is None:
             raise VaelabError("this run's data have no classes; pick images by index")
-        label = generate.class_index(self.val, name)
+        label = generate.class_index(self.val.classes, name)
         found = torch.nonzero(self.val.labels == label).flatten()
         if not len(found):
             raise VaelabError(f"no validation image of class {self.val.classes[label]!r}")
         return int(found[0])
+
+    def label_of(self, index: int) -> int | None:
+        """Validation image `index`'s label, for a conditional run (None otherwise)."""
+        self.code(index)  # checks the index
+        return int(self.val.labels[index]) if self.conditional else None
 
     def label_names(self, indices: torch.Tensor) -> list[str]:
         if self.val.labels is None:
@@ -82,30 +90,41 @@ class Explorer:
 
     # ---- images ------------------------------------------------------------------------
 
-    def decode(self, z: torch.Tensor) -> np.ndarray:
-        """z (D,) -> the decoded image enlarged to about 224 pixels, uint8 (grey or RGB)."""
-        return enlarge(generate.decode_means(self.model, z.float().unsqueeze(0))[0], self.ink)
+    def decode(self, z: torch.Tensor, label: int | torch.Tensor | None = None) -> np.ndarray:
+        """z (D,) -> the decoded image enlarged to about 224 pixels, uint8 (grey or RGB). A
+        conditional run needs a label: a class index, or weights over the classes."""
+        labels = None if label is None else torch.as_tensor(label)[None]
+        return enlarge(generate.decode_means(self.model, z.float().unsqueeze(0), labels)[0],
+                       self.ink)
 
     def interpolate(self, i: int, j: int, t: float, steps: int, spherical: bool
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """The decoded point at position t in [0, 1] between images i and j, and the strip."""
+        """The decoded point at position t in [0, 1] between images i and j, and the strip (a
+        conditional run blends the two images' labels along the way, as the figure does)."""
         a, b = self.code(i), self.code(j)
+        ends = torch.tensor([i, j])
+        labels = self.val.labels[ends] if self.conditional else None
         strip = generate.decode_means(self.model, generate.interpolation_path(
-            a, b, steps, spherical).float())
+            a, b, steps, spherical).float(), generate.label_path(self.model, labels, steps))
         point = generate.interpolate_at(a, b, t, spherical)[0]
-        return self.decode(point), enlarge_row(strip, self.ink)
+        blend = generate.label_path(self.model, labels, 2)
+        label = None if blend is None else generate.interpolate_at(blend[0], blend[1], t)[0]
+        return self.decode(point, label), enlarge_row(strip, self.ink)
 
-    def encode_image(self, image: np.ndarray | None) -> dict[str, object]:
+    def encode_image(self, image: np.ndarray | None, label: int | None = None
+                     ) -> dict[str, object]:
         """A drawn or uploaded image -> the model's input made from it (an MNIST-style digit
         for digit runs; else resized and centre-cropped as the training images), its
-        reconstruction, five nearest validation codes and its place on the map."""
+        reconstruction, five nearest validation codes and its place on the map. A conditional
+        run encodes and decodes it as class `label`."""
         prepared = preprocess(image)[None] if self.drawable else self.fit_upload(image)
         pixels = torch.from_numpy(prepared)
-        z = generate.encode_means(self.model, pixels[None])[0].double()
+        labels = None if label is None else torch.tensor([label])
+        z = generate.encode_means(self.model, pixels[None], labels)[0].double()
         nearest = torch.cdist(z[None], self.codes)[0].topk(min(5, len(self.codes)),
                                                             largest=False).indices
         return {"input": enlarge(to_float(pixels), self.ink),
-                "reconstruction": self.decode(z), "z": z,
+                "reconstruction": self.decode(z, label), "z": z,
                 "neighbours": enlarge_row(to_float(self.val.images[nearest]), self.ink),
                 "neighbour_labels": self.label_names(nearest),
                 "map": self.map.marked(self.project(z[None])[0])}

@@ -1,6 +1,8 @@
 """What a trained model shows, as tensors: reconstructions, samples, interpolations, latent maps.
 
 Images come back as the likelihood's means E[x|z] in [0, 1], shape (N, C, H, W), on the CPU.
+A conditional model takes a label with every image and every z (`labels`); an unconditional
+one ignores them.
 """
 
 from __future__ import annotations
@@ -20,38 +22,72 @@ def _device(model: VAE) -> torch.device:
     return next(model.parameters()).device
 
 
+def _on(labels: torch.Tensor | None, device: torch.device, start: int = 0,
+        stop: int | None = None) -> torch.Tensor | None:
+    return labels[start:stop].to(device) if labels is not None else None
+
+
 @torch.inference_mode()
-def encode_means(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def encode_means(model: VAE, images: torch.Tensor, labels: torch.Tensor | None = None,
+                 batch_size: int = 1000) -> torch.Tensor:
     """Posterior means mu(x) of uint8 images (N, C, H, W) -> (N, D), CPU."""
     device = _device(model)
-    return torch.cat([model.encode(to_float(images[i:i + batch_size].to(device)))[0].cpu()
+    return torch.cat([model.encode(to_float(images[i:i + batch_size].to(device)),
+                                   _on(labels, device, i, i + batch_size))[0].cpu()
                       for i in range(0, len(images), batch_size)])
 
 
 @torch.inference_mode()
-def decode_means(model: VAE, z: torch.Tensor) -> torch.Tensor:
+def decode_means(model: VAE, z: torch.Tensor, labels: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """Latent points (N, D) -> the pictures they decode to, E[x|z] (N, C, H, W), CPU."""
-    return model.decode_mean(z.to(_device(model))).cpu()
+    device = _device(model)
+    return model.decode_mean(z.to(device), _on(labels, device)).cpu()
 
 
 @torch.inference_mode()
 def reconstruct(model: VAE, images: torch.Tensor, sample: bool = False,
-                seed: int = 0) -> torch.Tensor:
+                seed: int = 0, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Decode each image's posterior mean mu(x), or with `sample` a z ~ q(z|x) (seeded)."""
     device = _device(model)
-    mu, logvar = model.encode(to_float(images.to(device)))
+    mu, logvar = model.encode(to_float(images.to(device)), _on(labels, device))
     if sample:
         mu = model.reparameterize(mu, logvar, torch.Generator(device).manual_seed(seed))
-    return decode_means(model, mu)
+    return decode_means(model, mu, labels)
+
+
+def prior_draws(model: VAE, n: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """n draws z ~ N(0, T^2 I) (n, D) on the CPU; the same seed gives the same draws."""
+    generator = torch.Generator().manual_seed(seed)
+    return temperature * torch.randn(n, model.latent_dim, generator=generator)
 
 
 @torch.inference_mode()
-def sample_prior(model: VAE, n: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """Decode n draws z ~ N(0, T^2 I); the same seed gives the same images."""
-    device = _device(model)
-    generator = torch.Generator(device).manual_seed(seed)
-    z = temperature * torch.randn(n, model.latent_dim, generator=generator, device=device)
-    return decode_means(model, z)
+def sample_prior(model: VAE, n: int, temperature: float = 1.0, seed: int = 0,
+                 label: int | None = None) -> torch.Tensor:
+    """Decode n draws z ~ N(0, T^2 I); a conditional model writes them all as class `label`."""
+    labels = torch.full((n,), label) if label is not None else None
+    return decode_means(model, prior_draws(model, n, temperature, seed), labels)
+
+
+@torch.inference_mode()
+def class_grid(model: VAE, columns: int, temperature: float = 1.0, seed: int = 0
+               ) -> torch.Tensor:
+    """A conditional model's samples with one row per class and the same z down each column:
+    (classes * columns, C, H, W), row-major."""
+    z = prior_draws(model, columns, temperature, seed).repeat(model.classes, 1)
+    return decode_means(model, z, torch.arange(model.classes).repeat_interleave(columns))
+
+
+@torch.inference_mode()
+def analogies(model: VAE, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Style transfer across classes: each image's code z = mu(x, y) decoded with every label.
+    (N, C, H, W) uint8 -> (N, classes, C, H, W): row i is image i's style written as each
+    class."""
+    z = encode_means(model, images, labels)
+    every = torch.arange(model.classes)
+    return decode_means(model, z.repeat_interleave(model.classes, 0),
+                        every.repeat(len(images))).unflatten(0, (len(images), model.classes))
 
 
 def interpolation_path(a: torch.Tensor, b: torch.Tensor, steps: int,
@@ -76,21 +112,49 @@ def interpolate_at(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor | float,
 
 @torch.inference_mode()
 def interpolate(model: VAE, image_a: torch.Tensor, image_b: torch.Tensor, steps: int = 10,
-                spherical: bool = False) -> torch.Tensor:
-    """Decode `steps` points between the posterior means of two uint8 images (C, H, W)."""
-    mu = encode_means(model, torch.stack([image_a, image_b]))
-    return decode_means(model, interpolation_path(mu[0], mu[1], steps, spherical))
+                spherical: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode `steps` points between the posterior means of two uint8 images (C, H, W).
+    A conditional model encodes each image with its label (`labels`, (2,)) and moves the label
+    with z: the one-hot vectors are blended along the path, so both ends are the two
+    reconstructions and the class changes on the way."""
+    mu = encode_means(model, torch.stack([image_a, image_b]), labels)
+    path = interpolation_path(mu[0], mu[1], steps, spherical)
+    return decode_means(model, path, label_path(model, labels, steps))
 
 
-def class_index(split: Split, name: str | int) -> int:
+def label_path(model: VAE, labels: torch.Tensor | None, steps: int) -> torch.Tensor | None:
+    """For a conditional model, the labels (2,) blended linearly in `steps` steps -> (steps,
+    classes) weights; None for an unconditional one."""
+    if not model.conditional:
+        return None
+    ends = torch.nn.functional.one_hot(labels, model.classes).double()
+    return interpolation_path(ends[0], ends[1], steps).float()
+
+
+def class_index(classes: tuple[str, ...], name: str | int) -> int:
     """A class given by name (as its folder is called) or by index -> its index."""
     text = str(name)
-    if text in split.classes:
-        return split.classes.index(text)
-    if text.isdigit() and int(text) < len(split.classes):
+    if text in classes:
+        return classes.index(text)
+    if text.isdigit() and int(text) < len(classes):
         return int(text)
-    shown = ", ".join(split.classes[:12]) + (", ..." if len(split.classes) > 12 else "")
-    raise VaelabError(f"class {text!r} is not one of this run's classes: {shown}")
+    shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+    raise VaelabError(f"class {text!r} is not one of this run's classes: {shown} (or their "
+                      f"indices 0-{len(classes) - 1})")
+
+
+def one_per_class(split: Split, n: int) -> torch.Tensor:
+    """Indices of n validation images taking the classes in turn (the first image of each
+    class, then the second, ...), so that a few images show every class they can."""
+    if split.labels is None:
+        raise VaelabError("this run's data have no classes")
+    by_class = [torch.nonzero(split.labels == label).flatten()
+                for label in range(len(split.classes))]
+    turns = [found[turn] for turn in range(max(map(len, by_class)))
+             for found in by_class if turn < len(found)]
+    if not turns:
+        raise VaelabError("the validation data hold no labelled image")
+    return torch.stack(turns[:n])
 
 
 def pick_pairs(split: Split, source: str | int, target: str | int, pairs: int
@@ -107,7 +171,7 @@ def pick_pairs(split: Split, source: str | int, target: str | int, pairs: int
                                   f"they name validation images 0-{len(split) - 1}")
             chosen.append(int(index))
         return [(chosen[0], chosen[1])]
-    a, b = class_index(split, source), class_index(split, target)
+    a, b = class_index(split.classes, source), class_index(split.classes, target)
     same = a == b
     indices = []
     for label in {a: None, b: None}:  # each class once, in order
@@ -171,12 +235,14 @@ def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 @torch.inference_mode()
-def manifold(model: VAE, n: int = 20) -> torch.Tensor:
+def manifold(model: VAE, n: int = 20, label: int | None = None) -> torch.Tensor:
     """For a 2-D latent space: decode an n x n grid over the prior's quantiles 0.05 ... 0.95,
-    z1 along rows (left to right), z2 down the columns (top = high)."""
+    z1 along rows (left to right), z2 down the columns (top = high); a conditional model
+    writes it as class `label`."""
     if model.latent_dim != 2:
         raise VaelabError(f"the manifold grid needs latent_dim 2, this run has "
                           f"{model.latent_dim}; use the latent scatter instead")
     values = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")
-    return decode_means(model, torch.stack([z1.flatten(), z2.flatten()], 1))
+    labels = torch.full((n * n,), label) if label is not None else None
+    return decode_means(model, torch.stack([z1.flatten(), z2.flatten()], 1), labels)

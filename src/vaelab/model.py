@@ -10,6 +10,11 @@ default ("conv") is the seed's network exactly (258,025 parameters):
 Other sizes get the same pattern with one stride-2 stage per halving (widths 32, 64, 128, 256)
 while each side stays even and at least 4 (28 -> 14 -> 7: two stages; 64 -> ... -> 4: four).
 "resnet" is a wider residual network on the same stages, for colour images.
+
+A conditional VAE (Sohn et al. 2015) takes the label y as a one-hot vector in both halves: the
+encoder appends it to the flattened features before mu and log sigma^2 (q(z|x, y)), and the
+decoder's first layer reads [z, y] (p(x|z, y)); the prior stays N(0, I). With no classes the
+layers are exactly the unconditional ones.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import check_shape
-from .errors import ConfigError
+from .errors import ConfigError, VaelabError
 from .likelihoods import LIKELIHOODS
 
 if TYPE_CHECKING:
@@ -47,7 +53,8 @@ def _widths(count: int, first: int, most: int = 256) -> list[int]:
 class Encoder(nn.Module):
     """The seed's convolutional encoder, generalized: (B, C, H, W) -> mu, logvar (B, D)."""
 
-    def __init__(self, latent_dim: int, shape: tuple[int, int, int] = SEED_SHAPE):
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int] = SEED_SHAPE,
+                 classes: int = 0):
         super().__init__()
         count = check_shape(shape, "conv")
         layers: list[nn.Module] = []
@@ -56,12 +63,15 @@ class Encoder(nn.Module):
             layers += [nn.Conv2d(channels, width, kernel_size=4, stride=2, padding=1), nn.ReLU()]
             channels = width
         self.features = nn.Sequential(*layers, nn.Flatten())
-        hidden = channels * (shape[1] >> count) * (shape[2] >> count)
+        hidden = channels * (shape[1] >> count) * (shape[2] >> count) + classes
         self.mu = nn.Linear(hidden, latent_dim)
         self.logvar = nn.Linear(hidden, latent_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)
+        if y is not None:
+            h = torch.cat([h, y.to(h.dtype)], 1)
         return self.mu(h), self.logvar(h)
 
 
@@ -69,12 +79,13 @@ class Decoder(nn.Module):
     """The seed's decoder, generalized: z (B, D) -> (B, outputs, H, W)."""
 
     def __init__(self, latent_dim: int, shape: tuple[int, int, int] = SEED_SHAPE,
-                 outputs: int = 1):
+                 outputs: int = 1, classes: int = 0):
         super().__init__()
         count = check_shape(shape, "conv")
         widths = _widths(count, 32)
         hidden = (widths[-1], shape[1] >> count, shape[2] >> count)
-        layers: list[nn.Module] = [nn.Linear(latent_dim, hidden[0] * hidden[1] * hidden[2]),
+        layers: list[nn.Module] = [nn.Linear(latent_dim + classes,
+                                             hidden[0] * hidden[1] * hidden[2]),
                                    nn.ReLU(), nn.Unflatten(1, hidden)]
         for wide, narrow in zip(widths[:0:-1], widths[-2::-1]):
             layers += [nn.ConvTranspose2d(wide, narrow, kernel_size=4, stride=2, padding=1),
@@ -82,8 +93,8 @@ class Decoder(nn.Module):
         layers.append(nn.ConvTranspose2d(widths[0], outputs, kernel_size=4, stride=2, padding=1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(z if y is None else torch.cat([z, y.to(z.dtype)], 1))
 
 
 class ResidualBlock(nn.Module):
@@ -103,7 +114,7 @@ class ResidualBlock(nn.Module):
 class ResNetEncoder(nn.Module):
     """Stem conv, then per stage a residual block and a stride-2 conv (widths 64, 128, 128, ...)."""
 
-    def __init__(self, latent_dim: int, shape: tuple[int, int, int]):
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], classes: int = 0):
         super().__init__()
         count = check_shape(shape, "resnet")
         widths = _widths(count + 1, 64, 128)
@@ -113,7 +124,7 @@ class ResNetEncoder(nn.Module):
         layers += [ResidualBlock(widths[-1]), nn.GroupNorm(8, widths[-1]), nn.SiLU(),
                    nn.Flatten()]
         self.features = nn.Sequential(*layers)
-        hidden = widths[-1] * (shape[1] >> count) * (shape[2] >> count)
+        hidden = widths[-1] * (shape[1] >> count) * (shape[2] >> count) + classes
         self.mu = nn.Linear(hidden, latent_dim)
         self.logvar = nn.Linear(hidden, latent_dim)
 
@@ -123,12 +134,14 @@ class ResNetEncoder(nn.Module):
 class ResNetDecoder(nn.Module):
     """The encoder mirrored: stride-2 transposed convs, each followed by a residual block."""
 
-    def __init__(self, latent_dim: int, shape: tuple[int, int, int], outputs: int):
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], outputs: int,
+                 classes: int = 0):
         super().__init__()
         count = check_shape(shape, "resnet")
         widths = _widths(count + 1, 64, 128)
         hidden = (widths[-1], shape[1] >> count, shape[2] >> count)
-        layers: list[nn.Module] = [nn.Linear(latent_dim, hidden[0] * hidden[1] * hidden[2]),
+        layers: list[nn.Module] = [nn.Linear(latent_dim + classes,
+                                             hidden[0] * hidden[1] * hidden[2]),
                                    nn.Unflatten(1, hidden), ResidualBlock(widths[-1])]
         for wide, narrow in zip(widths[::-1], widths[-2::-1]):
             layers += [nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1),
@@ -142,36 +155,56 @@ class ResNetDecoder(nn.Module):
 
 class VAE(nn.Module):
     """q(z|x) = N(mu(x), diag sigma^2(x)),  p(z) = N(0, I),  p(x|z) = `likelihood` with the
-    decoder's outputs as its parameters (the seed's: Bernoulli logits)."""
+    decoder's outputs as its parameters (the seed's: Bernoulli logits). With `classes` > 0 it
+    is conditional: q(z|x, y) and p(x|z, y), and every method takes the labels y."""
 
     def __init__(self, latent_dim: int = 20, shape: tuple[int, int, int] = SEED_SHAPE,
-                 arch: str = "conv", likelihood: str = "bernoulli"):
+                 arch: str = "conv", likelihood: str = "bernoulli", classes: int = 0):
         super().__init__()
         if arch not in ARCHS:
             raise ConfigError(f"arch {arch!r} is unknown: choose one of {', '.join(ARCHS)}")
         self.latent_dim, self.shape, self.arch = latent_dim, tuple(shape), arch
+        self.classes = classes
         self.likelihood = LIKELIHOODS[likelihood]()
         outputs = shape[0] * self.likelihood.params_per_channel
         if arch == "conv":
-            self.encoder, self.decoder = Encoder(latent_dim, shape), Decoder(latent_dim, shape,
-                                                                             outputs)
+            self.encoder = Encoder(latent_dim, shape, classes)
+            self.decoder = Decoder(latent_dim, shape, outputs, classes)
         else:
-            self.encoder = ResNetEncoder(latent_dim, shape)
-            self.decoder = ResNetDecoder(latent_dim, shape, outputs)
+            self.encoder = ResNetEncoder(latent_dim, shape, classes)
+            self.decoder = ResNetDecoder(latent_dim, shape, outputs, classes)
+
+    @property
+    def conditional(self) -> bool:
+        return self.classes > 0
+
+    def condition(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The decoder's and encoder's extra input: labels (B,) as class indices, or (B, classes)
+        as weights over the classes (a blend of labels, for interpolation) -> (B, classes)
+        float; None for an unconditional model, which ignores labels."""
+        if not self.conditional:
+            return None
+        if labels is None:
+            raise VaelabError("this run is conditional: it needs the images' labels (a class "
+                              "for every sample)")
+        if labels.is_floating_point():
+            return labels.float()
+        return F.one_hot(labels, self.classes).float()
 
     # Outputs are float32 even under bf16 autocast: the sampling and the loss need the precision.
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) in [0, 1] -> mu, logvar: (B, D)."""
-        mu, logvar = self.encoder(x)
+        mu, logvar = self.encoder(x, self.condition(labels))
         return mu.float(), logvar.float()
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, D) -> the likelihood's parameters (B, C * P, H, W)."""
-        return self.decoder(z).float()
+        return self.decoder(z, self.condition(labels)).float()
 
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_mean(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, D) -> the picture to show, E[x|z] (B, C, H, W) in [0, 1]."""
-        return self.likelihood.mean(self.decode(z))
+        return self.likelihood.mean(self.decode(z, labels))
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
@@ -189,25 +222,32 @@ class VAE(nn.Module):
                           dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """z (K, B, D) -> params (K, B, C * P, H, W): all K x B decoded in one batch."""
-        return self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+    def decode_latents(self, z: torch.Tensor, labels: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """z (K, B, D) -> params (K, B, C * P, H, W): all K x B decoded in one batch, each
+        sample of image b with image b's label."""
+        y = self.condition(labels)
+        if y is not None:
+            y = y.expand(z.shape[0], *y.shape).flatten(0, 1)
+        return self.decoder(z.flatten(0, 1), y).float().unflatten(0, z.shape[:2])
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                samples: int | None = None) -> Decoded:
+                samples: int | None = None, labels: torch.Tensor | None = None) -> Decoded:
         """x: (B, C, H, W) -> one z per image, or `samples` of them (the IWAE bound's),
         decoded. Both go through forward so that torch.compile (and any wrapper) sees them."""
-        mu, logvar = self.encode(x)
+        mu, logvar = self.encode(x, labels)
         if samples is None:
             z = self.reparameterize(mu, logvar, generator)
-            return Decoded(self.decode(z), z, mu, logvar)
+            return Decoded(self.decode(z, labels), z, mu, logvar)
         z = self.sample_latents(mu, logvar, samples, generator)
-        return Decoded(self.decode_latents(z), z, mu, logvar)
+        return Decoded(self.decode_latents(z, labels), z, mu, logvar)
 
 
 def build_model(config: Config) -> VAE:
-    """The network a config describes: its latent size, image shape and architecture."""
-    return VAE(config.latent_dim, config.image_shape, config.arch)
+    """The network a config describes: its latent size, image shape, architecture and, for a
+    conditional run, its number of classes."""
+    return VAE(config.latent_dim, config.image_shape, config.arch,
+               classes=config.classes or 0)
 
 
 def count_parameters(model: nn.Module) -> int:

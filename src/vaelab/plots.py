@@ -23,6 +23,7 @@ SHOWN_SIDE = 84  # screen pixels an image's longer side is scaled up to, at leas
 TITLE_PX = 36   # height of the title band
 DPI = 100
 PAD = 2         # make_grid's padding between digits
+NAMES_PX = 72   # width of the band naming the rows (height of the one naming the columns)
 
 
 def scale(image_height: int, image_width: int) -> int:
@@ -38,17 +39,22 @@ def grid_figure_size(rows: int, cols: int, image_height: int = 28, image_width: 
             (rows * (image_height + PAD) + PAD) * times + TITLE_PX)
 
 
-def image_grid(images: torch.Tensor, cols: int, title: str, ink: bool = True) -> Figure:
+def image_grid(images: torch.Tensor, cols: int, title: str, ink: bool = True,
+               row_names: list[str] | None = None, column_names: list[str] | None = None
+               ) -> Figure:
     """Images (N, C, H, W) in [0, 1] in rows of `cols` with white gaps; `ink` shows grey
-    images inverted (dark ink on white paper)."""
+    images inverted (dark ink on white paper). `row_names` and `column_names` label the rows
+    (in a band on the left) and the columns (in a band under the title)."""
     images = images.float()
     grey = images.shape[1] == 1
     shown = 1 - images if grey and ink else images
     grid = make_grid(shown, nrow=cols, padding=PAD, pad_value=1.0)
     rows = math.ceil(len(images) / cols)
     width, height = grid_figure_size(rows, min(cols, len(images)), *images.shape[2:])
+    left, top = NAMES_PX * bool(row_names), NAMES_PX // 3 * bool(column_names)
+    width, height = width + left, height + top
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    axes = figure.add_axes((0, 0, 1, 1 - TITLE_PX / height))
+    axes = figure.add_axes((left / width, 0, 1 - left / width, 1 - (TITLE_PX + top) / height))
     pixels = grid[0].numpy() if grey else grid.permute(1, 2, 0).clamp(0, 1).numpy()
     axes.imshow(pixels, cmap="gray" if grey else None, vmin=0, vmax=1, interpolation="nearest",
                 aspect="auto")
@@ -56,7 +62,19 @@ def image_grid(images: torch.Tensor, cols: int, title: str, ink: bool = True) ->
     # a narrow grid (a few small images) shrinks the title rather than cutting it off
     size = max(5.0, min(11.0, width / (0.75 * len(title))))
     figure.text(0.5, 1 - TITLE_PX / height / 2, title, ha="center", va="center", fontsize=size)
+    _name_cells(axes, grid.shape[1:], images.shape[2:], row_names, column_names)
     return figure
+
+
+def _name_cells(axes, grid_size: tuple[int, int], image_size: tuple[int, int],
+                row_names: list[str] | None, column_names: list[str] | None) -> None:
+    """Names beside each row and above each column, centred on the cells (in grid pixels)."""
+    for i, name in enumerate(row_names or ()):
+        y = PAD + i * (image_size[0] + PAD) + image_size[0] / 2
+        axes.text(-PAD, y, name, ha="right", va="center", fontsize=8, clip_on=False)
+    for j, name in enumerate(column_names or ()):
+        x = PAD + j * (image_size[1] + PAD) + image_size[1] / 2
+        axes.text(x, -PAD, name, ha="center", va="bottom", fontsize=7, clip_on=False)
 
 
 def reconstructions(originals: torch.Tensor, decoded: torch.Tensor, sampled: bool,
@@ -66,10 +84,33 @@ def reconstructions(originals: torch.Tensor, decoded: torch.Tensor, sampled: boo
                       f"Top: validation images. Bottom: decoded from {how}", ink)
 
 
-def samples(images: torch.Tensor, temperature: float, ink: bool = True) -> Figure:
+def samples(images: torch.Tensor, temperature: float, ink: bool = True,
+            label: str | None = None) -> Figure:
+    """`label` names the class a conditional model was asked for."""
     cols = math.ceil(math.sqrt(len(images)))
     spread = "I" if temperature == 1 else f"{temperature:g}² I"
-    return image_grid(images, cols, f"New images: decoded z ~ N(0, {spread})", ink)
+    written = f", written as {label}" if label else ""
+    return image_grid(images, cols, f"New images: decoded z ~ N(0, {spread}){written}", ink)
+
+
+def class_samples(images: torch.Tensor, classes: list[str], temperature: float,
+                  ink: bool = True) -> Figure:
+    """A conditional model's class grid: images (classes * columns, ...), one row per class,
+    the same z down each column."""
+    spread = "I" if temperature == 1 else f"{temperature:g}² I"
+    return image_grid(images, len(images) // len(classes),
+                      f"One row per class, one z ~ N(0, {spread}) per column", ink,
+                      row_names=classes)
+
+
+def analogies(sources: torch.Tensor, decoded: torch.Tensor, classes: list[str],
+              ink: bool = True) -> Figure:
+    """sources (N, C, H, W), decoded (N, classes, C, H, W): each row is one image, then its
+    style written as every class."""
+    rows = torch.cat([sources[:, None], decoded], 1)
+    return image_grid(rows.flatten(0, 1), rows.shape[1],
+                      "Analogies: each image's code decoded with every label", ink,
+                      column_names=["image", *classes])
 
 
 def interpolations(strips: torch.Tensor, description: str, ink: bool = True) -> Figure:
@@ -77,17 +118,19 @@ def interpolations(strips: torch.Tensor, description: str, ink: bool = True) -> 
     return image_grid(strips.flatten(0, 1), strips.shape[1], description, ink)
 
 
-def manifold(images: torch.Tensor, ink: bool = True) -> Figure:
+def manifold(images: torch.Tensor, ink: bool = True, label: str | None = None) -> Figure:
     n = math.isqrt(len(images))
-    return image_grid(images, n, "Decoded grid over the prior's quantiles (z1 →, z2 ↑)", ink)
+    written = f", as {label}" if label else ""
+    return image_grid(images, n, f"Decoded grid over the prior's quantiles (z1 →, z2 ↑)"
+                      f"{written}", ink)
 
 
 def latent_scatter(points: torch.Tensor, labels: torch.Tensor | None, classes: tuple[str, ...],
-                   method: str) -> Figure:
+                   method: str, means: str = "μ(x)") -> Figure:
     figure = Figure(figsize=(7, 6), dpi=DPI)
     axes = figure.add_subplot()
     scatter_codes(axes, points, labels, classes, method, size=3, alpha=0.7)
-    axes.set_title(f"Validation posterior means, {method}")
+    axes.set_title(f"Validation posterior means {means}, {method}")
     return figure
 
 

@@ -29,14 +29,17 @@ DECODES = 4096  # latent points decoded at once
 
 
 @torch.inference_mode()
-def log_joint(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def log_joint(model: VAE, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None
+              ) -> torch.Tensor:
     """log p(x|z) + log p(z) for one image x (1, C, H, W) at each row of z (M, D) -> (M,),
-    float64 on the CPU (the decoder itself runs in float32 on the model's device)."""
+    float64 on the CPU (the decoder itself runs in float32 on the model's device). For a
+    conditional model, y (1,) is the image's label and this is log p(x|z, y) + log p(z)."""
     device = next(model.parameters()).device
     x = x.to(device)
     parts = []
     for chunk in z.split(DECODES):
-        params = model.decode(chunk.float().to(device))
+        labels = y.to(device).expand(len(chunk)) if y is not None else None
+        params = model.decode(chunk.float().to(device), labels)
         x_each = x.expand(len(params), *x.shape[1:])
         parts.append(-model.likelihood.nll(params, x_each).double().cpu())
     return torch.cat(parts) + gaussian_log_density(z.double())
@@ -54,14 +57,14 @@ def grid(lows: torch.Tensor, highs: torch.Tensor, points: int
     return cells, volume
 
 
-def integration_box(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def integration_box(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                    y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The box holding all of the integrand's mass: every coarse point within MASS_WINDOW
     nats of the peak, padded by two coarse cells, and q(z|x)'s mean +- 6 sd."""
     dim = len(mu)
     points = COARSE_POINTS[dim]
     coarse, _ = grid(torch.full((dim,), -RADIUS), torch.full((dim,), RADIUS), points)
-    values = log_joint(model, x, coarse)
+    values = log_joint(model, x, coarse, y)
     mass = coarse[values > values.max() - MASS_WINDOW]
     pad = 2 * (2 * RADIUS / (points - 1))
     sd = torch.exp(0.5 * logvar.double())
@@ -70,18 +73,19 @@ def integration_box(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch
     return lows, highs
 
 
-def log_marginal(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
-                 ) -> float:
-    """log p(x) for one image x (1, C, H, W) in [0, 1], given its q(z|x) = N(mu, e^logvar)
-    (D,) with D = 1 or 2. Refines the grid (doubling its resolution) until two successive
-    sums agree within TOLERANCE nats."""
+def log_marginal(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                 y: torch.Tensor | None = None) -> float:
+    """log p(x) (log p(x|y) given a label y (1,)) for one image x (1, C, H, W) in [0, 1], given
+    its q(z|x) = N(mu, e^logvar) (D,) with D = 1 or 2. Refines the grid (doubling its
+    resolution) until two successive sums agree within TOLERANCE nats."""
     dim = len(mu)
-    lows, highs = integration_box(model, x, mu, logvar)
+    lows, highs = integration_box(model, x, mu, logvar, y)
     points, most = FINE_POINTS[dim]
     previous = math.nan
     while True:
         cells, volume = grid(lows, highs, points)
-        estimate = (torch.logsumexp(log_joint(model, x, cells), 0) + math.log(volume)).item()
+        estimate = (torch.logsumexp(log_joint(model, x, cells, y), 0)
+                    + math.log(volume)).item()
         if abs(estimate - previous) < TOLERANCE:
             return estimate
         if points >= most:
@@ -102,7 +106,8 @@ OFF_BY = 0.05  # nats: an image whose estimate misses log p(x) by more counts as
 
 
 def compare_with_estimate(model: VAE, images: torch.Tensor, log_px: torch.Tensor,
-                          progress: bool = False) -> dict[str, float]:
+                          progress: bool = False, labels: torch.Tensor | None = None
+                          ) -> dict[str, float]:
     """Exact log p(x) of each uint8 image (N, C, H, W) beside its IW estimate `log_px` (N,):
     the exact NLL, and the gap exact - estimate (positive where the estimate falls short):
     its mean, the share of images off by more than OFF_BY nats, and the worst image."""
@@ -116,8 +121,9 @@ def compare_with_estimate(model: VAE, images: torch.Tensor, log_px: torch.Tensor
     with torch.inference_mode():
         for i in tqdm(range(len(images)), unit="image", disable=not progress, leave=False):
             x = to_float(images[i:i + 1])
-            mu, logvar = model.encode(x.to(device))
-            exact[i] = log_marginal(model, x, mu[0].cpu(), logvar[0].cpu())
+            y = labels[i:i + 1] if labels is not None else None
+            mu, logvar = model.encode(x.to(device), y.to(device) if y is not None else None)
+            exact[i] = log_marginal(model, x, mu[0].cpu(), logvar[0].cpu(), y)
     gap = exact - log_px.double()
     worst = int(gap.abs().argmax())
     n = len(images)

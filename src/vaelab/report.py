@@ -45,18 +45,46 @@ def figure_reconstructions(run: Run, val: Split, n: int = 16, sample: bool = Fal
     # The IDX sets' first images are the seed's figure; a folder's are sorted by class, so
     # its images are taken evenly spaced through the validation set instead.
     spread = run.config.data is not None and len(val) > n
-    originals = val.images[torch.linspace(0, len(val) - 1, n).round().long()] if spread \
-        else val.images[:n]
-    decoded = generate.reconstruct(run.model, originals, sample, seed)
-    return plots.reconstructions(to_float(originals), decoded, sample, ink(run))
+    chosen = torch.linspace(0, len(val) - 1, n).round().long() if spread else torch.arange(
+        min(n, len(val)))
+    decoded = generate.reconstruct(run.model, val.images[chosen], sample, seed,
+                                   _labels(val, chosen))
+    return plots.reconstructions(to_float(val.images[chosen]), decoded, sample, ink(run))
 
 
-def figure_samples(run: Run, n: int = 64, temperature: float = 1.0, seed: int = 0) -> Figure:
-    _at_least("--n", n, 1)
+def _labels(val: Split, chosen: torch.Tensor) -> torch.Tensor | None:
+    """The chosen images' labels: what a conditional model encodes and decodes them with."""
+    return val.labels[chosen] if val.labels is not None else None
+
+
+def figure_samples(run: Run, n: int | None = None, temperature: float = 1.0, seed: int = 0,
+                   label: str | int | None = None) -> Figure:
+    """New images from the prior. A conditional run draws them all as class `label`; without
+    one it draws its class grid: n // classes columns (default 10), one row per class."""
     if not temperature > 0:
         raise VaelabError(f"--temperature {temperature} is not allowed: it must be > 0")
-    return plots.samples(generate.sample_prior(run.model, n, temperature, seed), temperature,
-                         ink(run))
+    index = run.label(label)
+    if run.model.conditional and index is None:
+        columns = 10 if n is None else n // run.model.classes
+        _at_least("--n (a multiple of the classes, for the class grid)", columns, 1)
+        images = generate.class_grid(run.model, columns, temperature, seed)
+        return plots.class_samples(images, list(run.classes), temperature, ink(run))
+    n = 64 if n is None else n
+    _at_least("--n", n, 1)
+    images = generate.sample_prior(run.model, n, temperature, seed, index)
+    of = f"class {run.classes[index]}" if index is not None else None
+    return plots.samples(images, temperature, ink(run), of)
+
+
+def figure_analogies(run: Run, val: Split, n: int = 8) -> Figure:
+    """n validation images, one from each class in turn, each decoded as every class."""
+    _at_least("--n", n, 1)
+    if not run.model.conditional:
+        raise VaelabError(f"{run.path} is not conditional: analogies decode one code with "
+                          "every label, which needs a run trained with --conditional")
+    chosen = generate.one_per_class(val, n)
+    decoded = generate.analogies(run.model, val.images[chosen], val.labels[chosen])
+    return plots.analogies(to_float(val.images[chosen]), decoded, list(run.classes), ink(run))
 
 
 def figure_interpolation(run: Run, val: Split, source: str | None = None,
@@ -75,12 +103,14 @@ def figure_interpolation(run: Run, val: Split, source: str | None = None,
     else:
         default = generate.default_pair(val)
         chosen = generate.pick_pairs(val, source or default[0], target or default[1], pairs)
-    strips = torch.stack([generate.interpolate(run.model, val.images[i], val.images[j], steps,
-                                               spherical) for i, j in chosen])
+    strips = torch.stack([generate.interpolate(
+        run.model, val.images[i], val.images[j], steps, spherical,
+        _labels(val, torch.tensor([i, j]))) for i, j in chosen])
     kind = "spherical" if spherical else "linear"
+    label = ", label blended along" if run.model.conditional else ""
     return plots.interpolations(strips, f"{_name(val, chosen[0][0])} → "
                                         f"{_name(val, chosen[0][1])}: {kind} path between "
-                                        f"posterior means, {steps} steps", ink(run))
+                                        f"posterior means{label}, {steps} steps", ink(run))
 
 
 def _name(val: Split, index: int) -> str:
@@ -88,15 +118,20 @@ def _name(val: Split, index: int) -> str:
 
 
 def figure_latent(run: Run, val: Split, method: str = "pca") -> Figure:
-    codes = generate.encode_means(run.model, val.images)
+    codes = generate.encode_means(run.model, val.images, val.labels)
     points = generate.project_2d(codes, method, run.config.seed)
     name = "t-SNE" if method == "tsne" else ("PCA" if codes.shape[1] > 2 else "z")
-    return plots.latent_scatter(points, val.labels, val.classes, name)
+    return plots.latent_scatter(points, val.labels, val.classes, name,
+                                "μ(x, y)" if run.model.conditional else "μ(x)")
 
 
-def figure_manifold(run: Run, n: int = 20) -> Figure:
+def figure_manifold(run: Run, n: int = 20, label: str | int | None = None) -> Figure:
+    """The 2-D latent space decoded on a grid; a conditional run writes it as class `label`
+    (default: the first class)."""
     _at_least("--n", n, 2)
-    return plots.manifold(generate.manifold(run.model, n), ink(run))
+    index = run.label(label if label is not None else 0) if run.model.conditional else None
+    of = f"class {run.classes[index]}" if index is not None else None
+    return plots.manifold(generate.manifold(run.model, n, index), ink(run), of)
 
 
 def figure_curves(run: Run) -> Figure:
@@ -114,6 +149,8 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
     except VaelabError as err:  # a tiny validation set may hold no pair: the rest still shows
         log.warning("no interpolation figure: %s", err)
     figures["latent"] = figure_latent(run, val)
+    if run.model.conditional:
+        figures["analogies"] = figure_analogies(run, val)
     if run.model.latent_dim == 2:
         figures["manifold"] = figure_manifold(run)
     return figures
@@ -158,6 +195,25 @@ def _captions(run: Run, val: Split) -> dict[str, str]:
         "interpolation": f"Linear interpolation between the posterior means of {between}.",
         "latent": f"Posterior means of the {len(val):,} validation images{coloured}.",
         "manifold": "The 2-D latent space decoded on a grid over the prior's quantiles.",
+        **(_conditional_captions(run) if run.model.conditional else {}),
+    }
+
+
+def _conditional_captions(run: Run) -> dict[str, str]:
+    return {
+        "samples": "Asked for by class: one row per class, and down each column one z drawn "
+                   "from N(0, I), so a column is one style written as every class.",
+        "analogies": "Analogies: validation images (first column) encoded with their labels, "
+                     "and each code decoded with every label: the code keeps the style, the "
+                     "label sets the class.",
+        "interpolation": "Between the codes of two validation images, each encoded with its "
+                         "own label; the one-hot labels are blended along the path, so the ends "
+                         "are the two reconstructions.",
+        "latent": "Posterior means μ(x, y) of the validation images, coloured by class: the "
+                  "label carries the class, so the codes separate by class far less than an "
+                  "unconditional model's.",
+        "manifold": f"The 2-D latent space decoded as class {run.classes[0]} on a grid over "
+                    "the prior's quantiles.",
     }
 
 

@@ -24,6 +24,7 @@ from .checkpoint import atomic_open, config_from_checkpoint, load_checkpoint, lo
 from .config import Config, resolve_device
 from .data import Split, validation_split
 from .errors import CheckpointError, VaelabError
+from .generate import class_index
 from .model import VAE, build_model
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,21 @@ class Run:
     checkpoint: str = "best"  # which file the model came from, and its SHA-256:
     checkpoint_sha256: str = ""  # what an evaluation records, so it is never shown for another
     data: dict | None = None  # what it trained on: split sizes, shape, classes (None: older)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The names of the classes it trained on (empty for unlabelled data)."""
+        return tuple(self.data["classes"]) if self.data else ()
+
+    def label(self, name: str | int | None) -> int | None:
+        """A class asked for by name or index -> its index, for a conditional run; None
+        stays None. An unconditional run refuses any label."""
+        if name is None:
+            return None
+        if not self.model.conditional:
+            raise VaelabError(f"{self.path} is not conditional, so it cannot be asked for a "
+                              "class; drop --label, or train with --conditional")
+        return class_index(self.classes, name)
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",

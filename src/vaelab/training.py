@@ -193,6 +193,8 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     device = next(state.model.parameters()).device
     train_images = training_images(config, train_split).to(device)
     val_images = validation_images(config, val_split).to(device)
+    train_labels, val_labels = (split.labels.to(device) if config.conditional else None
+                                for split in (train_split, val_split))
     show = sys.stderr.isatty() if progress is None else progress
     state.steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
     state.data = data_summary(train_split, val_split)
@@ -201,13 +203,14 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     write_metrics(run_dir, state.history)  # matches last.pt even after a SIGKILL
     with _StopSignals() as stop:
         for epoch in range(state.epoch + 1, config.epochs + 1):
-            result = _train_epoch(state, train_images, epoch, show, stop)
+            result = _train_epoch(state, train_images, train_labels, epoch, show, stop)
             if result is None:  # stopped mid-epoch: state.partial says where
                 save_checkpoint(run_dir / LAST, state.checkpoint(), __version__)
                 raise _interrupted(stop.signum, run_dir, epoch, state.partial.next_batch)
             train_totals, started = result
             train_seconds = time.perf_counter() - started
-            val_totals = evaluate_elbo(state.model, val_images, seed=config.seed)
+            val_totals = evaluate_elbo(state.model, val_images, seed=config.seed,
+                                       labels=val_labels)
             row = {"epoch": epoch, "step": state.step,
                    **train_totals.means("train", config.batch_size),
                    **val_totals.means("val", config.batch_size),
@@ -221,9 +224,10 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
                 raise _interrupted(stop.signum, run_dir, epoch + 1, 0)
 
 
-def _train_epoch(state: TrainingState, images: torch.Tensor, epoch: int, show: bool,
-                 stop: _StopSignals) -> tuple[Totals, float] | None:
-    """Train one epoch (or the rest of a saved one); None if a stop was requested first."""
+def _train_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tensor | None,
+                 epoch: int, show: bool, stop: _StopSignals) -> tuple[Totals, float] | None:
+    """Train one epoch (or the rest of a saved one); None if a stop was requested first.
+    `labels` go with the images to a conditional model (None otherwise)."""
     size = state.config.batch_size
     batches = math.ceil(len(images) / size)
     progress = state.partial or EpochProgress(
@@ -237,10 +241,12 @@ def _train_epoch(state: TrainingState, images: torch.Tensor, epoch: int, show: b
                dynamic_ncols=True)
     with bar:
         for batch in range(progress.next_batch, batches):
-            x = to_float(images[progress.order[batch * size:(batch + 1) * size]])
+            chosen = progress.order[batch * size:(batch + 1) * size]
+            x = to_float(images[chosen])
             if state.config.binarize == "dynamic":
                 x = torch.bernoulli(x, generator=state.binarizer)
-            terms = _step(state, x, epoch, batch, _kl_weight_now(state))
+            y = labels[chosen] if labels is not None else None
+            terms = _step(state, x, y, epoch, batch, _kl_weight_now(state))
             progress.totals.add(terms)
             bar.update()
             if show and state.step % 50 == 0:
@@ -271,15 +277,15 @@ def learning_rate(config: Config, step: int, total_steps: int) -> float:
     return high + (low - high) * (1 + math.cos(math.pi * min(t, 1.0))) / 2
 
 
-def _step(state: TrainingState, x: torch.Tensor, epoch: int, batch: int,
-          beta: float) -> ELBOTerms:
+def _step(state: TrainingState, x: torch.Tensor, y: torch.Tensor | None, epoch: int,
+          batch: int, beta: float) -> ELBOTerms:
     """One Adam step on the batch's mean objective; refuses to apply a non-finite update."""
     config, model, optimizer = state.config, state.network, state.optimizer
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, state.step, config.epochs * state.steps_per_epoch)
     iwae = config.iw_train > 1
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=state.bf16):
-        out = model(x, state.noise, samples=config.iw_train if iwae else None)
+        out = model(x, state.noise, samples=config.iw_train if iwae else None, labels=y)
     likelihood = state.model.likelihood
     if iwae:
         terms = iwae_terms(nll_samples(likelihood, out.params, x), out.z, out.mu, out.logvar,

@@ -1,0 +1,198 @@
+"""The conditional VAE (`--conditional`): the label in q(z|x, y) and p(x|z, y), sampling by class,
+analogies, and every way to ask for a label wrongly."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from helpers import cli
+from PIL import Image
+from test_robustness import assert_same_run
+
+from vaelab import VAE, load_run, resume, train
+from vaelab import training as training_module
+from vaelab.data import load_split
+from vaelab.errors import TrainingInterrupted, VaelabError
+from vaelab.evaluate import log_likelihood_iw
+from vaelab.model import count_parameters
+from vaelab.plots import NAMES_PX, grid_figure_size
+
+SEED_PARAMETERS = 258_025
+
+
+def test_the_label_adds_one_input_per_class_and_nothing_else():
+    # The unconditional network is the seed's; the conditional one adds a column per class to
+    # the encoder's mu and log sigma^2 layers (D outputs each) and to the decoder's first layer
+    # (3136 outputs): nothing else changes.
+    assert count_parameters(VAE(20)) == SEED_PARAMETERS
+    assert count_parameters(VAE(20, classes=10)) == SEED_PARAMETERS + 10 * (2 * 20 + 3136)
+
+
+@pytest.mark.parametrize("arch, shape", [("conv", (1, 28, 28)), ("resnet", (3, 16, 16))])
+def test_shapes_and_gradients_reach_the_label_weights_of_the_classes_seen(arch, shape):
+    torch.manual_seed(0)
+    model = VAE(4, shape, arch, classes=5)
+    x, y = torch.rand(6, *shape), torch.tensor([0, 1, 1, 3, 3, 3])
+    out = model(x, torch.Generator().manual_seed(0), labels=y)
+    assert out.params.shape == (6, *shape) and out.mu.shape == out.z.shape == (6, 4)
+    out.params.sum().backward()
+    for layer, first_label_column in ((model.encoder.mu, -5), (model.decoder.net[0], 4)):
+        grad = layer.weight.grad[:, first_label_column:][:, :5]  # the one-hot columns
+        assert torch.isfinite(grad).all()
+        seen = grad.abs().sum(0) > 0
+        assert seen.tolist() == [True, True, False, True, False]  # classes 2 and 4 not in y
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_model_refuses_to_guess_a_missing_label():
+    with pytest.raises(VaelabError, match="conditional: it needs the images' labels"):
+        VAE(2, classes=3).decode(torch.zeros(1, 2))
+
+
+def test_one_z_with_two_labels_gives_the_two_classes(conditional_run, data_dir):
+    """Decoding the same z as each class: the images differ, and each is nearer the mean
+    validation image of the class asked for than of any other class, for most classes."""
+    model = load_run(conditional_run).model
+    val = load_split("mnist", "val", data_dir, limit=2000)
+    means = torch.stack([val.images[val.labels == c].float().mean(0) / 255 for c in range(10)])
+    z = torch.zeros(10, model.latent_dim)
+    with torch.inference_mode():
+        drawn = model.decode_mean(z, torch.arange(10))
+    distances = torch.cdist(drawn.flatten(1), means.flatten(1))
+    assert (drawn[3] - drawn[5]).abs().max() > 0.5  # whole strokes differ, not rounding
+    assert (distances.argmin(1) == torch.arange(10)).sum() >= 8
+
+
+def test_the_true_label_explains_an_image_better_than_a_wrong_one(conditional_run, data_dir):
+    # log p(x|y) with the image's own label against the next class's, per image: the mean
+    # difference is many standard errors above zero.
+    model = load_run(conditional_run).model
+    val = load_split("mnist", "val", data_dir, limit=200)
+    right = log_likelihood_iw(model, val.images, 20, labels=val.labels)["log_px"]
+    wrong = log_likelihood_iw(model, val.images, 20, labels=(val.labels + 1) % 10)["log_px"]
+    gain = right - wrong
+    assert gain.mean() > 5 * gain.std() / len(gain) ** 0.5
+
+
+def test_a_conditional_run_lowers_its_loss_on_real_mnist(tiny_config, tmp_path):
+    run = load_run(train(tiny_config.replace(limit_train=2048, epochs=2, conditional=True),
+                         tmp_path / "run"), "last")
+    assert run.config.conditional and run.config.classes == 10 and run.model.conditional
+    first, second = run.metrics
+    assert second["train_loss"] < first["train_loss"] and second["val_loss"] < first["val_loss"]
+
+
+def test_a_conditional_run_stopped_mid_epoch_resumes_exactly(tiny_config, tmp_path):
+    config = tiny_config.replace(conditional=True, epochs=2, batch_size=32)
+    straight = train(config, tmp_path / "straight")
+    stopped = tmp_path / "stopped"
+    with pytest.MonkeyPatch.context() as patch:
+        real, calls = training_module._step, []
+
+        def stop_at_step_5(state, *args):
+            calls.append(1)
+            if len(calls) == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(state, *args)
+
+        patch.setattr(training_module, "_step", stop_at_step_5)
+        with pytest.raises(TrainingInterrupted, match="in epoch 1 after batch 5"):
+            train(config, stopped)
+    resume(stopped)
+    assert_same_run(straight, stopped)
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_the_figure_commands_on_a_conditional_run(capsys, conditional_run, tmp_path):
+    out = tmp_path / "figures"
+    for command in (["sample"], ["sample", "--label", "7", "--n", "9"], ["analogy", "--n", "4"],
+                    ["interpolate", "--from", "3", "--to", "5"], ["latent"], ["reconstruct"]):
+        code, printed, err = cli(capsys, command[0], conditional_run, *command[1:], "--out", out)
+        assert code == 0, err
+    sides = grid_figure_size(10, 10)
+    grid = png_size(out / "samples.png")  # the last sample command wrote the 3x3 of sevens
+    assert grid == grid_figure_size(3, 3)
+    cli(capsys, "sample", conditional_run, "--out", out)
+    assert png_size(out / "samples.png") == (sides[0] + NAMES_PX, sides[1])  # names the rows
+    analogies = grid_figure_size(4, 11)  # each image, then its code as each of the 10 classes
+    assert png_size(out / "analogies.png") == (analogies[0], analogies[1] + NAMES_PX // 3)
+    report = conditional_run / "report.html"
+    cli(capsys, "report", conditional_run)
+    assert "Analogies" in report.read_text() and "one row per class" in report.read_text()
+
+
+def test_sampling_a_class_draws_that_class(conditional_run):
+    from vaelab.generate import class_grid, sample_prior
+
+    model = load_run(conditional_run).model
+    grid = class_grid(model, 4, seed=3)
+    sevens = sample_prior(model, 4, seed=3, label=7)
+    assert torch.equal(grid[7 * 4:8 * 4], sevens)  # row 7 of the grid: the same z as sevens
+    assert not torch.equal(grid[3 * 4:4 * 4], sevens)
+
+
+def test_evaluate_says_it_is_conditional(capsys, conditional_run):
+    code, out, err = cli(capsys, "evaluate", conditional_run, "--iw-samples", 4, "--limit", 20,
+                         "--quiet")
+    assert code == 0, err
+    assert "conditional model" in out and "-log p(x|y)" in out
+    assert json.loads((conditional_run / "eval.json").read_text())["conditional"] is True
+
+
+def test_the_explorer_changes_the_digit_with_the_class(conditional_run, data_dir):
+    from vaelab.explore import Explorer
+
+    explorer = Explorer(load_run(conditional_run), load_split("mnist", "val", data_dir,
+                                                              limit=300))
+    z = explorer.code(0)
+    assert explorer.label_of(0) == int(load_split("mnist", "val", data_dir, limit=1).labels[0])
+    assert not np.array_equal(explorer.decode(z, 1), explorer.decode(z, 8))
+    drawn = np.zeros((28, 28), np.uint8)
+    drawn[4:24, 13:16] = 255
+    assert explorer.encode_image(drawn, 1)["reconstruction"].shape == (224, 224)
+
+
+# ---- bad input: one line each ---------------------------------------------------------------
+
+def test_label_out_of_range_or_unknown_is_one_line(capsys, conditional_run):
+    for label in ("10", "seven"):
+        code, _, err = cli(capsys, "sample", conditional_run, "--label", label)
+        assert code == 1 and err.count("\n") == 1
+        assert f"class '{label}' is not one of this run's classes: 0, 1" in err
+
+
+def test_an_unconditional_run_refuses_labels_and_analogies(capsys, trained_run):
+    code, _, err = cli(capsys, "sample", trained_run, "--label", "3")
+    assert code == 1 and "is not conditional" in err and "--conditional" in err
+    assert err.count("\n") == 1
+    code, _, err = cli(capsys, "analogy", trained_run)
+    assert code == 1 and "is not conditional: analogies" in err and err.count("\n") == 1
+
+
+def test_conditional_on_unlabelled_data_is_one_line(capsys, tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "plain.npz", images=images)
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "plain.npz", "--conditional",
+                       "--out", tmp_path / "run", "--quiet")
+    assert code == 1 and err.count("\n") == 1
+    assert "--conditional needs labelled images" in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_conditional_is_a_switch_a_resume_cannot_flip(capsys, tiny_config, tmp_path):
+    run = train(tiny_config, tmp_path / "run")
+    code, _, err = cli(capsys, "train", "--resume", run, "--conditional")
+    assert code == 1 and "cannot change conditional" in err
+    from vaelab import Config
+
+    with pytest.raises(VaelabError, match="expected a bool"):
+        Config(conditional=1)
+    with pytest.raises(VaelabError, match="recorded for conditional runs only"):
+        Config(classes=10)
