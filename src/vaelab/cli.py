@@ -39,13 +39,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if not f.metadata["flag"]:
             continue
         kind, choices, _ = field_kind(f.name)
+        why = _literal(f"{f.metadata['help']} (default: {f.default})")
         if kind is bool:  # a switch: off unless given
             parser.add_argument(flag_name(f.name), dest=f.name, action="store_true",
-                                default=argparse.SUPPRESS, help=_literal(f.metadata["help"]))
+                                default=argparse.SUPPRESS, help=why)
             continue
         parser.add_argument(flag_name(f.name), dest=f.name, type=kind, choices=choices,
                             default=argparse.SUPPRESS, metavar=None if choices else f.name.upper(),
-                            help=_literal(f"{f.metadata['help']} (default: {f.default})"))
+                            help=why)
 
 
 def _literal(text: str) -> str:
