@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -235,14 +236,21 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .config import from_recipe
     from .report import write_report
     from .runs import read_metrics
-    from .training import check_resume_changes, resume, train
+    from .training import RESUMABLE_CHANGES, check_resume_changes, restarted, resume, train
 
     changes = config_changes(args)
     progress = False if args.quiet else None
-    print_row = _row_printer()
+    writer = distributed.is_writer()  # under torchrun, rank 0 alone prints and reports
+    print_row = _row_printer() if writer else lambda row: None
+    again = restarted(args.out) if args.out else None  # torchrun --max-restarts
+    if again == "resume":  # the same command: its other settings are the run's own
+        args.resume, args.recipe = args.out, None
+        changes = {k: v for k, v in changes.items() if k in RESUMABLE_CHANGES}
+    args.force = args.force or again == "start"
     if args.resume:
         if args.recipe:
             raise VaelabError("a resumed run keeps its settings; --recipe is for new runs")
@@ -254,6 +262,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = from_recipe(args.recipe, **changes)
         run_dir = train(config, args.out, force=args.force, progress=progress,
                         on_epoch_end=print_row)
+    if not writer:
+        return 0
     print(f"run saved in {run_dir}")
     print(f"report: {write_report(run_dir)}")
     return 0
@@ -314,8 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vaelab: {args.command} interrupted (Ctrl-C){saved}", file=sys.stderr)
         return 130
     except TrainingInterrupted as stopped:
-        print(f"vaelab: {stopped}", file=sys.stderr)
+        _report(stopped, f"vaelab: {stopped}")
         return stopped.exit_code
     except VaelabError as err:
-        print(f"vaelab: error: {err}", file=sys.stderr)
+        _report(err, f"vaelab: error: {err}")
         return 1
+
+
+def _report(err: VaelabError, line: str) -> None:
+    """Under torchrun an error all ranks agree on is printed once, by rank 0 (read from the
+    environment: an argument error must not wait for torch to import)."""
+    if os.environ.get("RANK", "0") == "0" or not getattr(err, "agreed", False):
+        print(line, file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import atomic_open
 from .data import limited, run_split, to_float, training_images, validation_images
 from .errors import VaelabError
@@ -36,7 +37,9 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
     """Sum of -ELBO terms over uint8 `images` (N, C, H, W), one z per image.
 
     The noise comes from a generator seeded with `seed`, so the same model always gets the
-    same number and evaluation never disturbs the training run's random streams.
+    same number and evaluation never disturbs the training run's random streams. Under
+    torchrun each rank takes its share of every batch (and of its noise), and the sums are
+    added over the ranks: the same number at any world size.
     """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -44,11 +47,14 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
     model.eval()
     totals = Totals(device)
     for start in range(0, len(images), batch_size):
-        x = to_float(images[start:start + batch_size].to(device))
-        out = model(x, generator)
+        batch = images[start:start + batch_size]
+        eps = torch.randn((len(batch), model.latent_dim), generator=generator, device=device)
+        first, last = distributed.share(len(batch))
+        x = to_float(batch[first:last].to(device))
+        out = model(x, eps=eps[first:last])
         totals.add(elbo_terms(model.likelihood.nll(out.params, x), out.mu, out.logvar))
     model.train(was_training)
-    return totals
+    return distributed.summed(totals)
 
 
 @torch.inference_mode()
