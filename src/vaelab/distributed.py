@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,7 +29,7 @@ import torch.distributed as dist
 from .errors import ConfigError, VaelabError, first_line
 
 T = TypeVar("T")
-CHECK_IN_SECONDS = 5.0  # how long survivors of a lost peer wait for each other to report in
+CHECK_IN_SECONDS = 3.0  # how long survivors of a lost peer wait for each other to report in
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,14 @@ class World:
 
 def world() -> World:
     env = os.environ
-    if "RANK" not in env or "WORLD_SIZE" not in env:
+    if not launched():
         return World()
     return World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+
+
+def launched() -> bool:
+    """Whether torchrun (or its environment) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def is_writer() -> bool:
@@ -91,7 +99,7 @@ def process_group(device: torch.device, backend: str, timeout: float
     this rank computes on (its LOCAL_RANK GPU on CUDA)."""
     here = world()
     backend = backend_for(backend, device)
-    if "RANK" not in os.environ or active():
+    if not launched() or active():
         yield device
         return
     if device.type == "cuda":
@@ -110,8 +118,9 @@ def process_group(device: torch.device, backend: str, timeout: float
     except RuntimeError as err:
         if not _is_peer_failure(err):
             raise
-        raise PeerLost(f"rank {here.rank}: lost {_lost_ranks()} of the process group "
-                       f"({first_line(err)[-120:]})") from None
+        raise PeerLost(f"rank {here.rank} lost {_lost_ranks()} of the process group "
+                       f"({_cause(err)}); the run's last.pt holds its last checkpoint: "
+                       "continue with `vaelab train --resume RUN`") from None
     finally:
         dist.destroy_process_group()
 
@@ -121,10 +130,18 @@ def _is_peer_failure(err: RuntimeError) -> bool:
         "Connection" in str(err)
 
 
+def _cause(err: RuntimeError) -> str:
+    """Gloo's message without its source location and advice: "Connection reset by peer"."""
+    return re.sub(r"^\[[^\]]*\]\s*", "", first_line(err)).split(". ")[0]
+
+
 def _lost_ranks() -> str:
     """Name the ranks that did not report in through torchrun's store (which lives in the
     agent, so it outlives a killed worker); the survivors each wait CHECK_IN_SECONDS."""
     here = world()
+    main = threading.current_thread() is threading.main_thread()  # signals need it
+    ignored = {signum: signal.signal(signum, signal.SIG_IGN)  # torchrun's SIGTERM to the
+               for signum in (signal.SIGINT, signal.SIGTERM) if main}  # survivors: not yet
     try:
         store = dist.distributed_c10d._get_default_store()
         store.set(f"vaelab/alive/{here.rank}", "1")
@@ -135,6 +152,9 @@ def _lost_ranks() -> str:
         lost = [str(rank) for rank, key in enumerate(keys) if not store.check([key])]
     except (RuntimeError, ValueError):  # the store itself is gone: its node was lost
         return "rank 0's node"
+    finally:
+        for signum, handler in ignored.items():
+            signal.signal(signum, handler)
     return f"rank {', '.join(lost)}" if lost else "contact with a rank"
 
 

@@ -199,7 +199,7 @@ def _make_run_dir(run_dir: Path) -> None:
 
 class _StopSignals:
     """The first SIGINT or SIGTERM becomes a request to stop after the current batch (so the
-    checkpoint is consistent); a second one acts as it normally would."""
+    checkpoint is consistent); a second one acts as it normally would (not under torchrun)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -219,7 +219,8 @@ class _StopSignals:
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.signum = signum
-        signal.signal(signum, self.previous[signum])
+        if not distributed.launched():  # torchrun forwards a Ctrl-C its workers also got, and
+            signal.signal(signum, self.previous[signum])  # escalates to SIGKILL itself
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self.previous.items():
