@@ -46,7 +46,7 @@ def environment(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def torchrun_command(*args, nproc: int = 2, hook: tuple = (), launch: tuple = ("--standalone",)):
     program = [str(HOOK), *map(str, hook)] if hook else ["-m", "vaelab"]
-    return [sys.executable, "-m", "torch.distributed.run", *launch, "--nproc-per-node",
+    return [sys.executable, "-m", "torch.distributed.run", *map(str, launch), "--nproc-per-node",
             str(nproc), *program, *map(str, args)]
 
 
