@@ -9,6 +9,7 @@ is trained in this process. NCCL is not tested here: it needs GPUs.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ import torch
 
 from vaelab import Config, train
 from vaelab.cli import main
+from vaelab.evaluate import write_evaluation
 from vaelab.model import build_model
 from vaelab.runs import LAST, LOCK, read_metrics
 from vaelab.state import set_seed
@@ -113,6 +115,20 @@ def test_two_processes_compute_what_one_does(one_process, two_processes):
     assert_same_weights(two_processes, one_process)
     assert {path.name for path in two_processes.iterdir()} == {  # one writer: no per-rank files
         ".lock", "config.json", "metrics.csv", "last.pt", "best.pt", "report.html", "figures"}
+
+
+def test_evaluate_on_two_processes_writes_what_one_does(data_dir, one_process, tmp_path):
+    """The IW estimate, its batches dealt to 2 ranks: the same figures, in one eval.json."""
+    run = tmp_path / "run"
+    shutil.copytree(one_process, run)
+    alone, _ = write_evaluation(str(run), samples=50, limit=64, progress=False)
+    result = torchrun(data_dir, "evaluate", run, "--iw-samples", 50, "--limit", 64, "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("written to") == 1
+    together = json.loads((run / "eval.json").read_text())
+    for key in ("nll", "nll_stderr", "neg_elbo", "recon", "kl", "effective_samples_median"):
+        assert together[key] == pytest.approx(alone[key], rel=RTOL), key
+    assert (together["images"], together["active_units"]) == (64, alone["active_units"])
 
 
 @pytest.mark.slow  # the killed-rank test below resumes with 1 process a 2-process epoch too

@@ -189,6 +189,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                     args.seed, args.checkpoint, args.device, args.data_dir,
                                     progress=False if args.quiet else None, exact=args.exact,
                                     data=args.data)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
+        return 0
     k, stderr = result["iw_samples"], result["nll_stderr"]
     rows = [(f"-log p(x), IW K={k}", result["nll"], stderr),
             ("-ELBO", result["neg_elbo"], result["neg_elbo_stderr"]),
@@ -294,7 +296,8 @@ def log_to_stderr() -> None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("vaelab: %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    # Under torchrun the ranks would say everything N times: rank 0 speaks for them.
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     logger.propagate = False
 
 

@@ -167,6 +167,22 @@ def share(count: int) -> tuple[int, int]:
     return start, start + base + (here.rank < extra)
 
 
+def owns(index: int) -> bool:
+    """Whether batch `index` is this rank's when batches are dealt round-robin."""
+    here = world() if active() else World()
+    return index % here.size == here.rank
+
+
+def gathered(mine: list[tuple[int, T]]) -> list[T]:
+    """Every rank's (batch index, result) pairs, in batch order, on every rank."""
+    if not active():
+        return [value for _, value in mine]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return [value for _, value in sorted((pair for part in everyone for pair in part),
+                                         key=lambda pair: pair[0])]
+
+
 def rank_mean(values: torch.Tensor, count: int) -> torch.Tensor:
     """The objective each rank backpropagates: DDP averages gradients over the ranks, so each
     contributes its sum times world size over the global batch's `count`, whose average is
