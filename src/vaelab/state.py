@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from .checkpoint import load_weights
-from .distributed import launch_id
 from .config import Config
+from .distributed import launch_id
 from .losses import Totals
 from .model import VAE, build_model
 
