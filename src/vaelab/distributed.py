@@ -119,8 +119,8 @@ def process_group(device: torch.device, backend: str, timeout: float
         if not _is_peer_failure(err):
             raise
         raise PeerLost(f"rank {here.rank} lost {_lost_ranks()} of the process group "
-                       f"({_cause(err)}); the run's last.pt holds its last checkpoint: "
-                       "continue with `vaelab train --resume RUN`") from None
+                       f"({_cause(err)}); the run's last checkpoint is intact: "
+                       "`vaelab train --resume RUN` continues from it") from None
     finally:
         dist.destroy_process_group()
 
