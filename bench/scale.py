@@ -60,11 +60,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--limit-train", type=int, help="fewer training images (quick look)")
+    parser.add_argument("--limit-val", type=int, help="fewer validation images")
     parser.add_argument("--repeats", type=int, default=1, help="runs per row; the fastest counts")
     options = parser.parse_args()
     args = ["--epochs", str(options.epochs), "--device", "cpu"]
-    if options.limit_train:
-        args += ["--limit-train", str(options.limit_train)]
+    for flag in ("limit_train", "limit_val"):
+        if getattr(options, flag):
+            args += [f"--{flag.replace('_', '-')}", str(getattr(options, flag))]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(options.repeats):
@@ -73,9 +75,10 @@ def main() -> None:
                 if name not in results or result["wall"] < results[name]["wall"]:
                     results[name] = result
     reference = next(iter(results.values()))
-    images = options.limit_train or 60_000
+    images, val = options.limit_train or 60_000, options.limit_val or 10_000
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}; {options.epochs} epochs of {images} images, batch 64, "
+          f"{val} validation images, "
           f"fastest of {options.repeats}\n")
     print("| launch | images/s | s/epoch | wall s (start-up included) | val_loss, last epoch "
           "| largest metric gap vs row 1 |")
