@@ -211,6 +211,19 @@ def test_a_group_restarted_by_torchrun_resumes_its_run_by_itself(data_dir, one_p
 
 
 @pytest.mark.slow
+def test_dynamic_binarization_and_the_iwae_bound_on_two_processes(data_dir, tmp_path):
+    """Their draws (a Bernoulli per pixel, K noise samples per image) are sliced too."""
+    config = Config(data_dir=str(data_dir), limit_train=449, limit_val=255, device="cpu",
+                    binarize="dynamic", iw_train=3, epochs=1)
+    alone = train(config, tmp_path / "one", progress=False)
+    result = torchrun(data_dir, "train", "--out", tmp_path / "two", "--binarize", "dynamic",
+                      "--iw-train", 3, "--epochs", 1, *SLICE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_metrics(tmp_path / "two", alone)
+    assert_same_weights(tmp_path / "two", alone)
+
+
+@pytest.mark.slow
 def test_two_nodes_on_localhost_agree_with_one_process(data_dir, one_process, tmp_path):
     run, port = tmp_path / "run", free_port()
     nodes = [subprocess.Popen(
