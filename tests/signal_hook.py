@@ -7,7 +7,8 @@ On the N-th call (1-based) of MODULE:NAME (a function, or Class.method), just be
 runs, the process sends itself ACTION: INT, TERM or KILL, or several in turn (INT,INT: a
 second Ctrl-C before the first was acted on). ACTION HALF-WRITTEN (for
 torch:save) writes half of what would be saved, flushes it to disk, then SIGKILLs itself:
-a process killed in the middle of writing a checkpoint.
+a process killed in the middle of writing a checkpoint. Under torchrun, $HOOK_RANK and
+$HOOK_PARENT choose which rank acts and whom it signals (see _target_pid).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import io
 import os
 import signal
 import sys
+import time
 
 
 def kill_half_written(real_save):
@@ -31,15 +33,17 @@ def kill_half_written(real_save):
     return save
 
 
-def signalling(real, at: int, signals: list[int]):
+def signalling(real, at: int, signals: list[int], pid: int):
     calls = 0
 
     def hooked(*args, **kwargs):
         nonlocal calls
         calls += 1
-        if calls == at:
+        if calls == at and pid:
             for signum in signals:  # each is handled (or raised) before the next line runs
-                os.kill(os.getpid(), signum)
+                os.killpg(os.getpgid(0), signum) if pid < 0 else os.kill(pid, signum)
+            if pid != os.getpid():  # torchrun forwards it to every rank while this one waits
+                time.sleep(1)
         return real(*args, **kwargs)
     return hooked
 
@@ -62,7 +66,19 @@ def install(target: str, at: int, action: str) -> None:
         setattr(owner, attribute, maybe_half)
     else:
         signals = [getattr(signal, f"SIG{name}") for name in action.split(",")]
-        setattr(owner, attribute, signalling(real, at, signals))
+        setattr(owner, attribute, signalling(real, at, signals, _target_pid()))
+
+
+def _target_pid() -> int:
+    """Under torchrun: $HOOK_RANK names the one rank that acts (the others run unhooked), a
+    group that torchrun restarted runs unhooked, and HOOK_PARENT=1 sends the signal to
+    torchrun itself, as a scheduler would, and HOOK_PARENT=group to torchrun's whole process
+group, as Ctrl-C in a terminal does (0: nobody acts; -1: the group)."""
+    if os.environ.get("HOOK_RANK", os.environ.get("RANK")) != os.environ.get("RANK") or \
+            os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return 0
+    parent = os.environ.get("HOOK_PARENT")
+    return os.getppid() if parent == "1" else -1 if parent == "group" else os.getpid()
 
 
 if __name__ == "__main__":

@@ -150,3 +150,37 @@ def test_a_run_without_checkpoint_is_a_one_line_error(capsys, tmp_path):
     code = main(["explore", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_class_selector_of_a_conditional_run_in_a_real_browser(conditional_run, browser,
+                                                                     data_dir, tmp_path):
+    """The sliders keep the style; the class selector changes the digit (and Reset sets it back
+    to the image's own class). An upload is encoded with the class picked for it."""
+    port = free_port()
+    val = load_split("mnist", "val", data_dir, limit=500)
+    app = launch(Explorer(load_run(conditional_run), val), port=port, block=False)
+    try:
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
+        page.wait_for_selector("#slider-image img", timeout=60_000)
+        own = val.classes[int(val.labels[0])]
+        assert page.locator("#slider-class input").input_value() == own
+        before = image_src(page, "#slider-image")
+        other = "1" if own != "1" else "0"
+        page.locator("#slider-class input").click()
+        page.get_by_role("option", name=other, exact=True).click()
+        changed(page, "#slider-image", before)
+        page.locator("#reset").click()
+        page.wait_for_function(f"document.querySelector('#slider-class input').value === "
+                               f"'{own}'", timeout=30_000)
+
+        page.get_by_role("tab", name="Encode your own").click()
+        digit = val.images[0, 0].numpy()
+        Image.fromarray(np.kron(255 - digit, np.ones((8, 8), dtype=np.uint8))).save(
+            tmp_path / "d.png")
+        page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "d.png"))
+        changed(page, "#encoded-reconstruction", None)
+        assert "Nearest validation images" in page.locator("#encode-status").inner_text()
+        page.close()
+    finally:
+        app.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -204,6 +205,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                     args.seed, args.checkpoint, args.device, args.data_dir,
                                     progress=False if args.quiet else None, exact=args.exact,
                                     data=args.data)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
+        return 0
     k, stderr = result["iw_samples"], result["nll_stderr"]
     px = "p(x|y)" if result.get("conditional") else "p(x)"
     rows = [(f"-log {px}, IW K={k}", result["nll"], stderr),
@@ -254,14 +257,21 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .config import from_recipe
     from .report import write_report
     from .runs import read_metrics
-    from .training import check_resume_changes, resume, train
+    from .training import RESUMABLE_CHANGES, check_resume_changes, restarted, resume, train
 
     changes = config_changes(args)
     progress = False if args.quiet else None
-    print_row = _row_printer()
+    writer = distributed.is_writer()  # under torchrun, rank 0 alone prints and reports
+    print_row = _row_printer() if writer else lambda row: None
+    again = restarted(args.out) if args.out else None  # torchrun --max-restarts
+    if again == "resume":  # the same command: its other settings are the run's own
+        args.resume, args.recipe = args.out, None
+        changes = {k: v for k, v in changes.items() if k in RESUMABLE_CHANGES}
+    args.force = args.force or again == "start"
     if args.resume:
         if args.recipe:
             raise VaelabError("a resumed run keeps its settings; --recipe is for new runs")
@@ -273,6 +283,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = from_recipe(args.recipe, **changes)
         run_dir = train(config, args.out, force=args.force, progress=progress,
                         on_epoch_end=print_row)
+    if not writer:
+        return 0
     print(f"run saved in {run_dir}")
     print(f"report: {write_report(run_dir)}")
     return 0
@@ -303,7 +315,8 @@ def log_to_stderr() -> None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("vaelab: %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    # Under torchrun the ranks would say everything N times: rank 0 speaks for them.
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     logger.propagate = False
 
 
@@ -333,8 +346,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vaelab: {args.command} interrupted (Ctrl-C){saved}", file=sys.stderr)
         return 130
     except TrainingInterrupted as stopped:
-        print(f"vaelab: {stopped}", file=sys.stderr)
+        _report(stopped, f"vaelab: {stopped}")
         return stopped.exit_code
     except VaelabError as err:
-        print(f"vaelab: error: {err}", file=sys.stderr)
+        _report(err, f"vaelab: error: {err}")
         return 1
+
+
+def _report(err: VaelabError, line: str) -> None:
+    """Under torchrun an error all ranks agree on is printed once, by rank 0 (read from the
+    environment: an argument error must not wait for torch to import)."""
+    if os.environ.get("RANK", "0") == "0" or not getattr(err, "agreed", False):
+        print(line, file=sys.stderr)

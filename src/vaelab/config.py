@@ -92,6 +92,11 @@ class Config:
         None, "clip the gradient's total norm to this; unset = no clipping, as the seed")
     seed: int = setting(0, "seeds Python, NumPy and torch, shuffling and sampling included")
     device: str = setting("auto", "auto = cuda, then mps, then cpu; or name one (cpu, cuda:1)")
+    ddp_backend: Literal["auto", "nccl", "gloo"] = setting(
+        "auto", "under torchrun, how the processes talk: auto = nccl on CUDA, gloo on CPU")
+    ddp_timeout: float = setting(
+        600.0, "under torchrun, seconds a process waits for the others (joining, each exchange, "
+        "rank 0 building a decode cache) before it gives up: no wait is unbounded")
     data_dir: str | None = setting(
         None, "folder with the IDX files; unset: $VAELAB_DATA_DIR, else ./data")
     limit_train: int | None = setting(None, "use only the first N training images (quick runs)")
@@ -268,6 +273,8 @@ def _check_values(c: Config) -> None:
         _fail("beta", c.beta, "must be a finite number >= 0")
     if c.grad_clip is not None and not (math.isfinite(c.grad_clip) and c.grad_clip > 0):
         _fail("grad_clip", c.grad_clip, "must be a finite number > 0, or unset")
+    if not (math.isfinite(c.ddp_timeout) and c.ddp_timeout > 0):
+        _fail("ddp_timeout", c.ddp_timeout, "must be a finite number of seconds > 0")
     if c.seed < 0:
         _fail("seed", c.seed, "must be >= 0")
     if not re.fullmatch(DEVICE_PATTERN, c.device):

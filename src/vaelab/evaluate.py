@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import atomic_open
 from .data import limited, run_split, to_float, training_images, validation_images
 from .errors import VaelabError
@@ -37,7 +38,9 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
     `labels`, for a conditional model).
 
     The noise comes from a generator seeded with `seed`, so the same model always gets the
-    same number and evaluation never disturbs the training run's random streams.
+    same number and evaluation never disturbs the training run's random streams. Under
+    torchrun each rank takes its share of every batch (and of its noise), and the sums are
+    added over the ranks: the same number at any world size.
     """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -45,11 +48,15 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
     model.eval()
     totals = Totals(device)
     for start in range(0, len(images), batch_size):
-        x = to_float(images[start:start + batch_size].to(device))
-        out = model(x, generator, labels=_part(labels, start, batch_size, device))
+        batch = images[start:start + batch_size]
+        eps = torch.randn((len(batch), model.latent_dim), generator=generator, device=device)
+        first, last = distributed.share(len(batch))
+        x = to_float(batch[first:last].to(device))
+        y = _part(labels, start + first, last - first, device)
+        out = model(x, eps=eps[first:last], labels=y)
         totals.add(elbo_terms(model.likelihood.nll(out.params, x), out.mu, out.logvar))
     model.train(was_training)
-    return totals
+    return distributed.summed(totals)
 
 
 def _part(labels: torch.Tensor | None, start: int, size: int, device: torch.device
@@ -72,37 +79,49 @@ def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int 
               q(z|x) matches the posterior; near 1 when a few samples dominate and the
               estimate has not converged;
     mu        the posterior means (for active units).
-    Images go in batches and samples in chunks of at most DECODES_PER_PASS decodes.
+    Images go in batches and samples in chunks of at most DECODES_PER_PASS decodes. Under
+    torchrun the batches are dealt round-robin to the ranks; every rank draws every batch's
+    noise (cheap beside decoding it), so an image's samples do not depend on the world size.
     """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     per_batch = max(1, DECODES_PER_PASS // samples)
     chunk = min(samples, DECODES_PER_PASS)
     model.eval()
-    parts: dict[str, list[torch.Tensor]] = {"log_px": [], "recon": [], "kl": [], "ess": [],
-                                            "mu": []}
+    mine: list[tuple[int, dict[str, torch.Tensor]]] = []
     with tqdm(total=len(images), unit="image", disable=not progress, leave=False) as bar:
-        for start in range(0, len(images), per_batch):
-            x = to_float(images[start:start + per_batch].to(device))
-            y = _part(labels, start, per_batch, device)
-            mu, logvar = model.encode(x, y)
-            log_sum = torch.full((len(x),), -math.inf, dtype=torch.float64, device=device)
-            log_sum_sq = log_sum.clone()
-            nll_sum = torch.zeros(len(x), dtype=torch.float64, device=device)
-            for done in range(0, samples, chunk):
-                z = model.sample_latents(mu, logvar, min(chunk, samples - done), generator)
-                nll = nll_samples(model.likelihood, model.decode_latents(z, y), x).double()
-                log_w = log_importance_weights(-nll, z.double(), mu.double(), logvar.double())
-                log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
-                log_sum_sq = torch.logaddexp(log_sum_sq, torch.logsumexp(2 * log_w, 0))
-                nll_sum += nll.sum(0)
-            parts["log_px"].append((log_sum - math.log(samples)).cpu())
-            parts["recon"].append((nll_sum / samples).cpu())
-            parts["kl"].append(kl_standard_normal(mu, logvar).double().cpu())
-            parts["ess"].append(torch.exp(2 * log_sum - log_sum_sq).cpu())
-            parts["mu"].append(mu.cpu())
+        for index, start in enumerate(range(0, len(images), per_batch)):
+            x = images[start:start + per_batch]
+            noise = [torch.randn((min(chunk, samples - done), len(x), model.latent_dim),
+                                 generator=generator, device=device)
+                     for done in range(0, samples, chunk)]
+            if distributed.owns(index):
+                y = _part(labels, start, per_batch, device)
+                mine.append((index, _estimates(model, to_float(x.to(device)), noise, y)))
             bar.update(len(x))
-    return {name: torch.cat(values) for name, values in parts.items()}
+    parts = distributed.gathered(mine)
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def _estimates(model: VAE, x: torch.Tensor, noise: list[torch.Tensor],
+               y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """log_likelihood_iw's per-image figures for one batch x (labels y, for a conditional
+    model), its samples' noise in chunks."""
+    samples = sum(len(eps) for eps in noise)
+    mu, logvar = model.encode(x, y)
+    log_sum = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
+    log_sum_sq = log_sum.clone()
+    nll_sum = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    for eps in noise:
+        z = model.sample_latents(mu, logvar, len(eps), eps=eps)
+        nll = nll_samples(model.likelihood, model.decode_latents(z, y), x).double()
+        log_w = log_importance_weights(-nll, z.double(), mu.double(), logvar.double())
+        log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
+        log_sum_sq = torch.logaddexp(log_sum_sq, torch.logsumexp(2 * log_w, 0))
+        nll_sum += nll.sum(0)
+    return {"log_px": (log_sum - math.log(samples)).cpu(), "recon": (nll_sum / samples).cpu(),
+            "kl": kl_standard_normal(mu, logvar).double().cpu(),
+            "ess": torch.exp(2 * log_sum - log_sum_sq).cpu(), "mu": mu.cpu()}
 
 
 def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, float]:
@@ -166,16 +185,20 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
         images = training_images(config, chosen)  # the one binarization it trained on
     else:
         images = validation_images(config, chosen)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_writer()
     log.info("evaluating %d images with K=%d importance samples each", len(images), samples)
+    with distributed.process_group(run.device, config.ddp_backend, config.ddp_timeout) as there:
+        numbers = evaluate_run(run.model.to(there), images, samples, seed, show, exact,
+                               chosen.labels)
     result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
               "checkpoint_sha256": run.checkpoint_sha256,
-              "dataset": config.data or config.dataset, "binarize": config.binarize,
-              **evaluate_run(run.model, images, samples, seed, show, exact, chosen.labels)}
+              "dataset": config.data or config.dataset, "binarize": config.binarize, **numbers}
+    path = eval_path(run.path, split)
+    if not distributed.is_writer():  # under torchrun, rank 0 alone writes
+        return result, path
     floor = run.model.likelihood.floor(to_float(images))
     if floor is not None:
         result["pixel_entropy"] = floor
-    path = eval_path(run.path, split)
     try:
         with atomic_open(path) as file:
             json.dump(result, file, indent=2)

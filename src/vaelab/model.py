@@ -208,18 +208,24 @@ class VAE(nn.Module):
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None,
+                       eps: torch.Tensor | None = None) -> torch.Tensor:
         """z = mu + sigma * eps, eps ~ N(0, I): the noise is outside the graph, so gradients
-        flow to mu and sigma. An explicit generator keeps runs resumable and evaluation fixed."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        flow to mu and sigma. An explicit generator keeps runs resumable and evaluation fixed;
+        a given `eps` (B, D) is used as it is (a data-parallel rank's slice of a global draw)."""
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     @staticmethod
     def sample_latents(mu: torch.Tensor, logvar: torch.Tensor, samples: int,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """`samples` draws z ~ q(z|x) per image: mu, logvar (B, D) -> z (samples, B, D)."""
-        eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device,
-                          dtype=mu.dtype)
+                       generator: torch.Generator | None = None,
+                       eps: torch.Tensor | None = None) -> torch.Tensor:
+        """`samples` draws z ~ q(z|x) per image: mu, logvar (B, D) -> z (samples, B, D);
+        a given `eps` (samples, B, D) is used as it is."""
+        if eps is None:
+            eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device,
+                              dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode_latents(self, z: torch.Tensor, labels: torch.Tensor | None = None
@@ -232,14 +238,16 @@ class VAE(nn.Module):
         return self.decoder(z.flatten(0, 1), y).float().unflatten(0, z.shape[:2])
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                samples: int | None = None, labels: torch.Tensor | None = None) -> Decoded:
+                samples: int | None = None, eps: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> Decoded:
         """x: (B, C, H, W) -> one z per image, or `samples` of them (the IWAE bound's),
-        decoded. Both go through forward so that torch.compile (and any wrapper) sees them."""
+        decoded. Both go through forward so that torch.compile (and any wrapper) sees them.
+        `eps`, if given, is the noise itself: (B, D), or (samples, B, D)."""
         mu, logvar = self.encode(x, labels)
         if samples is None:
-            z = self.reparameterize(mu, logvar, generator)
+            z = self.reparameterize(mu, logvar, generator, eps)
             return Decoded(self.decode(z, labels), z, mu, logvar)
-        z = self.sample_latents(mu, logvar, samples, generator)
+        z = self.sample_latents(mu, logvar, samples, generator, eps)
         return Decoded(self.decode_latents(z, labels), z, mu, logvar)
 
 

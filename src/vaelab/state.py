@@ -14,6 +14,7 @@ import torch
 
 from .checkpoint import load_weights
 from .config import Config
+from .distributed import launch_id
 from .losses import Totals
 from .model import VAE, build_model
 
@@ -26,8 +27,11 @@ class TrainingState:
     model: VAE
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator   # orders the batches of each epoch (CPU)
-    noise: torch.Generator     # eps of the reparameterization (on the run's device)
-    binarizer: torch.Generator  # dynamic binarization's draws (on the run's device)
+    # eps of the reparameterization, and dynamic binarization's draws (on the run's device).
+    # Under torchrun every rank holds the same two streams and draws for the whole global
+    # batch, keeping its slice: so the checkpoint's one state is every rank's (distributed).
+    noise: torch.Generator
+    binarizer: torch.Generator
     epoch: int = 0            # completed epochs
     step: int = 0             # optimizer steps taken
     best_val_loss: float = math.inf
@@ -59,6 +63,7 @@ class TrainingState:
             "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
             "best_val_loss": self.best_val_loss, "history": self.history,
             "partial": self.partial.to_dict() if self.partial else None, "data": self.data,
+            "launch": launch_id(),
             "rng": {"python": random.getstate(), "numpy": _numpy_state(),
                     "torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                     "noise": self.noise.get_state(), "binarizer": self.binarizer.get_state()},

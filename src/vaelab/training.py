@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import (
     config_from_checkpoint,
     load_checkpoint,
@@ -55,7 +56,7 @@ from .version import __version__
 EpochCallback = Callable[[dict[str, float]], None]
 
 # Fields that only say where data lives or what runs the maths: a resume may change them.
-RESUMABLE_CHANGES = ("epochs", "data_dir", "data", "device")
+RESUMABLE_CHANGES = ("epochs", "data_dir", "data", "device", "ddp_backend", "ddp_timeout")
 
 
 def train(config: Config, out: str | Path | None = None, *, force: bool = False,
@@ -63,47 +64,79 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
     """Train a new run into `out` (default runs/<timestamp>); returns the run directory.
 
     A directory that already holds a run is refused unless `force` (then it is replaced).
+    Under torchrun, rank 0 alone checks, creates and locks the directory (see distributed).
     """
     run_dir = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    device = resolve_device(config.device)
+    distributed.check_batch(config.batch_size)
+    with distributed.process_group(device, config.ddp_backend, config.ddp_timeout) as device:
+        distributed.from_writer(lambda: _refuse_existing(run_dir, force))
+        config = _absolute_data(config)
+        train_split, val_split = distributed.writer_first(lambda: load_data(config))
+        config = with_data_shape(config, train_split)
+        distributed.from_writer(lambda: _make_run_dir(run_dir))
+        with distributed.writer_holds(lambda: run_lock(run_dir)):
+            distributed.from_writer(lambda: _clear_or_refuse(run_dir, force))
+            state = TrainingState.fresh(config, device)
+            _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
+    return run_dir
+
+
+def _refuse_existing(run_dir: Path, force: bool) -> None:
     if holds_run(run_dir) and not force:
         if not (run_dir / LAST).is_file():
             raise VaelabError(f"{run_dir} holds a run stopped before its first checkpoint; "
                               "pass --force to start it again, or pick another --out")
         raise VaelabError(f"{run_dir} already holds a run; continue it with `vaelab train "
                           f"--resume {run_dir}`, pick another --out, or pass --force to replace it")
-    device = resolve_device(config.device)
-    config = _absolute_data(config)
-    train_split, val_split = load_data(config)
-    config = with_data_shape(config, train_split)
-    _make_run_dir(run_dir)
-    with run_lock(run_dir):
-        if force:
-            clear_run(run_dir)
-        elif holds_run(run_dir):  # another process started a run here since the check
-            raise VaelabError(f"{run_dir} already holds a run; pass --force to replace it")
-        state = TrainingState.fresh(config, device)
-        _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
-    return run_dir
+
+
+def _clear_or_refuse(run_dir: Path, force: bool) -> None:
+    if force:
+        clear_run(run_dir)
+    elif holds_run(run_dir):  # another process started a run here since the check
+        raise VaelabError(f"{run_dir} already holds a run; pass --force to replace it")
 
 
 def resume(run_dir: str | Path, *, progress: bool | None = None,
            on_epoch_end: EpochCallback | None = None, **changes: Any) -> Path:
     """Continue RUN_DIR from last.pt with its saved config; `changes` may set epochs (to
-    train further), data_dir or device."""
+    train further), data_dir, device or the ddp settings.
+
+    Under torchrun every rank reads last.pt (on several nodes RUN must be on a shared
+    filesystem), at any world size; rank 0 alone locks and writes RUN."""
     run_dir = Path(run_dir)
     require_checkpoint(run_dir / LAST)
     check_resume_changes(changes)
-    with run_lock(run_dir):
-        remove_temporaries(run_dir)
-        payload = load_checkpoint(run_dir / LAST)
-        config = _resumed_config(payload, run_dir, changes)
-        device = resolve_device(config.device)
-        train_split, val_split = load_data(config)
+    payload = load_checkpoint(run_dir / LAST)  # atomic renames: never a half-written file
+    config = _resumed_config(payload, run_dir, changes)
+    device = resolve_device(config.device)
+    distributed.check_batch(config.batch_size)
+    with distributed.process_group(device, config.ddp_backend, config.ddp_timeout) as device, \
+            distributed.writer_holds(lambda: run_lock(run_dir)):
+        if distributed.is_writer():
+            remove_temporaries(run_dir)
+        train_split, val_split = distributed.writer_first(lambda: load_data(config))
         _check_same_data(payload, train_split, val_split)
         state = TrainingState.fresh(config, device)
         state.restore(payload, run_dir / LAST)
+        if state.partial:
+            distributed.keep_writer_share(state.partial.totals)
         _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
     return run_dir
+
+
+def restarted(out: str | Path) -> str | None:
+    """What a group that `torchrun --max-restarts` restarted does with its --out: "resume"
+    the run this launch checkpointed there (last.pt records torchrun's launch id), or
+    "start" it again if it died before its first checkpoint (nothing is lost); None when
+    not restarted, or when last.pt is another launch's (then the usual refusal applies)."""
+    if distributed.restart_count() == 0:
+        return None
+    last = Path(out) / LAST
+    if not last.is_file():
+        return "start"
+    return "resume" if load_checkpoint(last).get("launch") == distributed.launch_id() else None
 
 
 def check_resume_changes(changes: dict[str, Any]) -> None:
@@ -166,7 +199,7 @@ def _make_run_dir(run_dir: Path) -> None:
 
 class _StopSignals:
     """The first SIGINT or SIGTERM becomes a request to stop after the current batch (so the
-    checkpoint is consistent); a second one acts as it normally would."""
+    checkpoint is consistent); a second one acts as it normally would (not under torchrun)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -178,9 +211,16 @@ class _StopSignals:
                 self.previous[signum] = signal.signal(signum, self._request_stop)
         return self
 
+    def requested(self) -> int | None:
+        """The stop signal, if any rank got one: all ranks agree, so all stop after the same
+        batch (one small all-reduce per batch under torchrun)."""
+        self.signum = distributed.agreed_signal(self.signum)
+        return self.signum
+
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.signum = signum
-        signal.signal(signum, self.previous[signum])
+        if not distributed.launched():  # torchrun forwards a Ctrl-C its workers also got, and
+            signal.signal(signum, self.previous[signum])  # escalates to SIGKILL itself
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self.previous.items():
@@ -195,19 +235,22 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     val_images = validation_images(config, val_split).to(device)
     train_labels, val_labels = (split.labels.to(device) if config.conditional else None
                                 for split in (train_split, val_split))
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_writer()
     state.steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
     state.data = data_summary(train_split, val_split)
-    check_writable(run_dir, 2 * _checkpoint_bytes(state, len(train_images)))
-    write_config(run_dir, config)
-    write_metrics(run_dir, state.history)  # matches last.pt even after a SIGKILL
+    state.network = distributed.wrap(state.network, device)
+    distributed.from_writer(lambda: _start_files(state, run_dir, len(train_images)))
     with _StopSignals() as stop:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             result = _train_epoch(state, train_images, train_labels, epoch, show, stop)
             if result is None:  # stopped mid-epoch: state.partial says where
-                save_checkpoint(run_dir / LAST, state.checkpoint(), __version__)
+                distributed.summed(state.partial.totals)
+                if distributed.is_writer():
+                    save_checkpoint(run_dir / LAST, state.checkpoint(), __version__)
+                distributed.barrier()  # no rank exits (and gets its group killed) before the save
                 raise _interrupted(stop.signum, run_dir, epoch, state.partial.next_batch)
             train_totals, started = result
+            distributed.summed(train_totals)
             train_seconds = time.perf_counter() - started
             val_totals = evaluate_elbo(state.model, val_images, seed=config.seed,
                                        labels=val_labels)
@@ -220,7 +263,7 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
             _end_epoch(state, row, run_dir)
             if on_epoch_end:
                 on_epoch_end(row)
-            if stop.signum is not None and epoch < config.epochs:
+            if stop.requested() is not None and epoch < config.epochs:
                 raise _interrupted(stop.signum, run_dir, epoch + 1, 0)
 
 
@@ -251,7 +294,7 @@ def _train_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tenso
             bar.update()
             if show and state.step % 50 == 0:
                 bar.set_postfix(loss=f"{terms.loss.mean().item():.2f}")
-            if stop.signum is not None and batch + 1 < batches:
+            if stop.requested() is not None and batch + 1 < batches:
                 progress.next_batch, progress.seconds = batch + 1, time.perf_counter() - started
                 state.partial = progress
                 return None
@@ -284,24 +327,31 @@ def _step(state: TrainingState, x: torch.Tensor, y: torch.Tensor | None, epoch: 
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, state.step, config.epochs * state.steps_per_epoch)
     iwae = config.iw_train > 1
+    # The noise of the whole global batch, then this rank's slice (see distributed).
+    count, (start, stop) = len(x), distributed.share(len(x))
+    eps = torch.randn((config.iw_train,) * iwae + (count, config.latent_dim),
+                      generator=state.noise, device=x.device)
+    x, eps = x[start:stop], eps[..., start:stop, :]
+    y = y[start:stop] if y is not None else None
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=state.bf16):
-        out = model(x, state.noise, samples=config.iw_train if iwae else None, labels=y)
+        out = model(x, samples=config.iw_train if iwae else None, eps=eps, labels=y)
     likelihood = state.model.likelihood
     if iwae:
         terms = iwae_terms(nll_samples(likelihood, out.params, x), out.z, out.mu, out.logvar,
                            beta)
     else:
         terms = elbo_terms(likelihood.nll(out.params, x), out.mu, out.logvar, beta)
-    objective = terms.objective.mean()
+    objective = distributed.rank_mean(terms.objective, count)
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-    if not torch.isfinite(objective.detach() + grad_norm):
+    verdict = distributed.all_sum(objective.detach() + grad_norm)  # non-finite on one: on all
+    if not torch.isfinite(verdict):
         what = "loss" if not torch.isfinite(objective) else "gradient"
-        raise NonFiniteLoss(
-            f"the {what} became {(objective.detach() + grad_norm).item()} in epoch {epoch}, "
+        raise distributed.agreed(NonFiniteLoss(
+            f"the {what} became {verdict.item()} in epoch {epoch}, "
             f"batch {batch + 1}; last.pt and best.pt keep epoch {state.epoch}. Start a new "
-            f"run with a lower --lr (now {config.lr:g}) or with --grad-clip (e.g. 100)")
+            f"run with a lower --lr (now {config.lr:g}) or with --grad-clip (e.g. 100)"))
     optimizer.step()
     state.step += 1
     return terms
@@ -309,14 +359,20 @@ def _step(state: TrainingState, x: torch.Tensor, y: torch.Tensor | None, epoch: 
 
 def _interrupted(signum: int, run_dir: Path, epoch: int, batch: int) -> TrainingInterrupted:
     where = f"before epoch {epoch}" if batch == 0 else f"in epoch {epoch} after batch {batch}"
-    return TrainingInterrupted(
+    return distributed.agreed(TrainingInterrupted(
         f"stopped by {signal.Signals(signum).name} {where}; {run_dir / LAST} holds the run so "
-        f"far. Resume with: vaelab train --resume {run_dir}", signum)
+        f"far. Resume with: vaelab train --resume {run_dir}", signum))
 
 
 def _checkpoint_bytes(state: TrainingState, train_images: int) -> int:
     """Roughly what one checkpoint takes: weights and Adam's two moments, the epoch order."""
     return 3 * 4 * sum(p.numel() for p in state.model.parameters()) + 8 * train_images + 65536
+
+
+def _start_files(state: TrainingState, run_dir: Path, train_images: int) -> None:
+    check_writable(run_dir, 2 * _checkpoint_bytes(state, train_images))
+    write_config(run_dir, state.config)
+    write_metrics(run_dir, state.history)  # matches last.pt even after a SIGKILL
 
 
 def _end_epoch(state: TrainingState, row: dict[str, float], run_dir: Path) -> None:
@@ -325,8 +381,10 @@ def _end_epoch(state: TrainingState, row: dict[str, float], run_dir: Path) -> No
     the two saves, resuming from the previous last.pt repeats this epoch identically."""
     state.epoch = row["epoch"]
     state.history.append(row)
-    improved = row["val_loss"] < state.best_val_loss
+    improved = row["val_loss"] < state.best_val_loss  # a global figure: every rank agrees
     state.best_val_loss = min(state.best_val_loss, row["val_loss"])
+    if not distributed.is_writer():
+        return
     payload = state.checkpoint()
     if improved:
         save_checkpoint(run_dir / BEST, payload, __version__)

@@ -1,0 +1,94 @@
+"""One process against two on this machine: the same run (seed defaults, gloo on the CPU),
+launched plainly and with torchrun. Reports throughput, seconds per epoch, wall time with
+start-up, and how far the per-epoch metrics of each row are from the first row's. Each row
+runs in its own processes; with --repeats R the rows take turns R times and each keeps its
+fastest run (the others' jobs on a shared machine only ever slow a run down). Prints a
+Markdown table.
+
+    VAELAB_DATA_DIR=../shared/data python bench/scale.py --epochs 2 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("train_loss", "val_loss", "train_recon", "train_kl", "val_recon", "val_kl")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+ROWS = {  # name: (launcher prefix, threads per process; None = torch's default: every core)
+    "1 process, every core (plain `vaelab train`)": ([sys.executable, "-m", "vaelab"], None),
+    "1 process, 1 thread": ([sys.executable, "-m", "vaelab"], 1),
+    "2 processes x 1 thread (torchrun, gloo)": ([*TORCHRUN, "--nproc-per-node", "2", "-m",
+                                                 "vaelab"], 1),
+}
+
+
+def run_row(launcher: list[str], threads: int | None, args: list[str], out: Path) -> dict:
+    from vaelab.runs import read_metrics
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    started = time.perf_counter()
+    subprocess.run([*launcher, "train", "--out", str(out), "--quiet", *args], env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    rows = read_metrics(out)
+    return {"rows": rows, "wall": wall,
+            "train_seconds": sum(row["train_seconds"] for row in rows),
+            "epoch_seconds": sum(row["epoch_seconds"] for row in rows) / len(rows)}
+
+
+def largest_gap(rows: list[dict], reference: list[dict]) -> float:
+    """The largest relative difference of any metric in any epoch."""
+    return max(abs(mine[key] - theirs[key]) / abs(theirs[key])
+               for mine, theirs in zip(rows, reference) for key in METRICS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--limit-train", type=int, help="fewer training images (quick look)")
+    parser.add_argument("--limit-val", type=int, help="fewer validation images")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row; the fastest counts")
+    options = parser.parse_args()
+    args = ["--epochs", str(options.epochs), "--device", "cpu"]
+    for flag in ("limit_train", "limit_val"):
+        if getattr(options, flag):
+            args += [f"--{flag.replace('_', '-')}", str(getattr(options, flag))]
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for repeat in range(options.repeats):
+            for i, (name, (launcher, threads)) in enumerate(ROWS.items()):
+                result = run_row(launcher, threads, args, Path(folder) / f"run{i}-{repeat}")
+                if name not in results or result["wall"] < results[name]["wall"]:
+                    results[name] = result
+    reference = next(iter(results.values()))
+    images, val = options.limit_train or 60_000, options.limit_val or 10_000
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}; {options.epochs} epochs of {images} images, batch 64, "
+          f"{val} validation images, "
+          f"fastest of {options.repeats}\n")
+    print("| launch | images/s | s/epoch | wall s (start-up included) | val_loss, last epoch "
+          "| largest metric gap vs row 1 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, result in results.items():
+        print(f"| {name} | {images * options.epochs / result['train_seconds']:,.0f} | "
+              f"{result['epoch_seconds']:.1f} | {result['wall']:.1f} | "
+              f"{result['rows'][-1]['val_loss']:.4f} | "
+              f"{largest_gap(result['rows'], reference['rows']):.1e} |")
+
+
+if __name__ == "__main__":
+    main()
