@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_open
 from .data import limited, run_split, to_float, training_images, validation_images
 from .errors import VaelabError
-from .likelihoods import nll_samples
+from .likelihoods import EIGHT_BIT, nll_samples
 from .losses import Totals, elbo_terms, kl_standard_normal, log_importance_weights
 from .model import VAE
 from .quadrature import check_exact_possible, compare_with_estimate
@@ -97,8 +97,8 @@ def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int 
 
 
 def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, float]:
-    """Means with standard errors across images (nats per image, and bits per dimension for
-    the NLL), and the number of active units."""
+    """Means with standard errors across images (nats per image, and bits per dimension:
+    nats / (ln 2 x C x H x W) with `pixels` = C x H x W), and the number of active units."""
     nll, neg_elbo = -estimates["log_px"], estimates["recon"] + estimates["kl"]
     n = len(nll)
 
@@ -106,11 +106,14 @@ def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, floa
         return values.std().item() / math.sqrt(n) if n > 1 else math.nan
 
     variances = estimates["mu"].double().var(0, unbiased=False)
+    bits = pixels * math.log(2)  # nats per image -> bits per dimension (sub-pixel)
     return {
         "images": n,
         "nll": nll.mean().item(), "nll_stderr": stderr(nll),
-        "nll_bits_per_dim": nll.mean().item() / (pixels * math.log(2)),
+        "nll_bits_per_dim": nll.mean().item() / bits,
+        "nll_bits_per_dim_stderr": stderr(nll) / bits,
         "neg_elbo": neg_elbo.mean().item(), "neg_elbo_stderr": stderr(neg_elbo),
+        "neg_elbo_bits_per_dim": neg_elbo.mean().item() / bits,
         "recon": estimates["recon"].mean().item(), "kl": estimates["kl"].mean().item(),
         "active_units": int((variances > ACTIVE_UNIT_THRESHOLD).sum()),
         "effective_samples_median": estimates["ess"].median().item(),
@@ -157,6 +160,10 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
     result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
               "checkpoint_sha256": run.checkpoint_sha256,
               "dataset": config.data or config.dataset, "binarize": config.binarize,
+              "likelihood": config.likelihood,
+              # bits/dim are a density of the 8-bit values, comparable with the literature,
+              # only under a discretized likelihood (a Bernoulli on grey values is not one)
+              "density_of_8bit": config.likelihood in EIGHT_BIT,
               **evaluate_run(run.model, images, samples, seed, show, exact)}
     floor = run.model.likelihood.floor(to_float(images))
     if floor is not None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import check_shape
 from .errors import ConfigError
-from .likelihoods import LIKELIHOODS
+from .likelihoods import make_likelihood
 
 if TYPE_CHECKING:
     from .config import Config
@@ -145,12 +145,12 @@ class VAE(nn.Module):
     decoder's outputs as its parameters (the seed's: Bernoulli logits)."""
 
     def __init__(self, latent_dim: int = 20, shape: tuple[int, int, int] = SEED_SHAPE,
-                 arch: str = "conv", likelihood: str = "bernoulli"):
+                 arch: str = "conv", likelihood: str = "bernoulli", components: int = 10):
         super().__init__()
         if arch not in ARCHS:
             raise ConfigError(f"arch {arch!r} is unknown: choose one of {', '.join(ARCHS)}")
         self.latent_dim, self.shape, self.arch = latent_dim, tuple(shape), arch
-        self.likelihood = LIKELIHOODS[likelihood]()
+        self.likelihood = make_likelihood(likelihood, components)
         outputs = shape[0] * self.likelihood.params_per_channel
         if arch == "conv":
             self.encoder, self.decoder = Encoder(latent_dim, shape), Decoder(latent_dim, shape,
@@ -206,8 +206,10 @@ class VAE(nn.Module):
 
 
 def build_model(config: Config) -> VAE:
-    """The network a config describes: its latent size, image shape and architecture."""
-    return VAE(config.latent_dim, config.image_shape, config.arch)
+    """The network a config describes: its latent size, image shape, architecture and
+    likelihood (whose parameters set the decoder's outputs)."""
+    return VAE(config.latent_dim, config.image_shape, config.arch, config.likelihood,
+               config.mixture_components)
 
 
 def count_parameters(model: nn.Module) -> int:
