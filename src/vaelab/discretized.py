@@ -26,8 +26,6 @@ for grey and colour, and a sum to one that is tested per sub-pixel.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -88,9 +86,13 @@ class DiscretizedLogistic:
         mean, log_scale = params.unflatten(1, (2, -1)).unbind(1)
         return mean, log_scale
 
+    def log_mass(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log P(v) of each sub-pixel: params (B, 2C, H, W), x (B, C, H, W) -> (B, C, H, W)."""
+        return log_bin_mass(x, *self.split(params))
+
     def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """-log p(x|z) = -sum_sub-pixels log P(v): params (B, 2C, H, W), x (B, C, H, W) -> (B,)."""
-        return -log_bin_mass(x, *self.split(params)).flatten(1).sum(1)
+        """-log p(x|z) = -sum_sub-pixels log P(v): (B, 2C, H, W), (B, C, H, W) -> (B,)."""
+        return -self.log_mass(params, x).flatten(1).sum(1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x|z] of the discretized distribution (not the logistic's m, which may lie
@@ -124,10 +126,13 @@ class DiscretizedLogisticMixture:
         logits, mean, log_scale = params.unflatten(1, (3, self.components, -1)).unbind(1)
         return torch.log_softmax(logits, 1), mean, log_scale
 
-    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def log_mass(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(v) of each sub-pixel: params (B, 3KC, H, W), x (B, C, H, W) -> (B, C, H, W)."""
         log_weight, mean, log_scale = self.split(params)
-        log_px = torch.logsumexp(log_weight + log_bin_mass(x.unsqueeze(1), mean, log_scale), 1)
-        return -log_px.flatten(1).sum(1)
+        return torch.logsumexp(log_weight + log_bin_mass(x.unsqueeze(1), mean, log_scale), 1)
+
+    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return -self.log_mass(params, x).flatten(1).sum(1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x|z] = sum_k pi_k E_k[x], each E_k that of the discretized component (so exact,
@@ -153,5 +158,3 @@ def levels(dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The 256 values x = v / 255 a sub-pixel can take, (256,)."""
     return torch.arange(LEVELS, dtype=dtype) / (LEVELS - 1)
 
-
-BITS_PER_NAT = 1 / math.log(2)

@@ -1,6 +1,7 @@
 """What a trained model shows, as tensors: reconstructions, samples, interpolations, latent maps.
 
-Images come back as the likelihood's means E[x|z] in [0, 1], shape (N, C, H, W), on the CPU.
+Images come back as the likelihood's means E[x|z] in [0, 1] (or, where asked, a draw of the
+pixels x ~ p(x|z)), shape (N, C, H, W), on the CPU.
 """
 
 from __future__ import annotations
@@ -35,23 +36,40 @@ def decode_means(model: VAE, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def reconstruct(model: VAE, images: torch.Tensor, sample: bool = False,
-                seed: int = 0) -> torch.Tensor:
-    """Decode each image's posterior mean mu(x), or with `sample` a z ~ q(z|x) (seeded)."""
-    device = _device(model)
-    mu, logvar = model.encode(to_float(images.to(device)))
-    if sample:
-        mu = model.reparameterize(mu, logvar, torch.Generator(device).manual_seed(seed))
-    return decode_means(model, mu)
+def decode_pixels(model: VAE, z: torch.Tensor, generator: torch.Generator | None = None
+                  ) -> torch.Tensor:
+    """Latent points (N, D) -> one draw x ~ p(x|z) each (N, C, H, W) in [0, 1], CPU: the
+    likelihood's own noise, which the mean averages away (`--sample-pixels`)."""
+    return model.likelihood.sample(model.decode(z.to(_device(model))), generator).cpu()
+
+
+def _decoded(model: VAE, z: torch.Tensor, pixels: bool, generator: torch.Generator
+             ) -> torch.Tensor:
+    return decode_pixels(model, z, generator) if pixels else decode_means(model, z)
 
 
 @torch.inference_mode()
-def sample_prior(model: VAE, n: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """Decode n draws z ~ N(0, T^2 I); the same seed gives the same images."""
+def reconstruct(model: VAE, images: torch.Tensor, sample: bool = False,
+                seed: int = 0, pixels: bool = False) -> torch.Tensor:
+    """Decode each image's posterior mean mu(x), or with `sample` a z ~ q(z|x) (seeded);
+    show E[x|z], or with `pixels` a draw x ~ p(x|z) (seeded too)."""
+    device = _device(model)
+    generator = torch.Generator(device).manual_seed(seed)
+    mu, logvar = model.encode(to_float(images.to(device)))
+    if sample:
+        mu = model.reparameterize(mu, logvar, generator)
+    return _decoded(model, mu, pixels, generator)
+
+
+@torch.inference_mode()
+def sample_prior(model: VAE, n: int, temperature: float = 1.0, seed: int = 0,
+                 pixels: bool = False) -> torch.Tensor:
+    """Decode n draws z ~ N(0, T^2 I) to E[x|z], or with `pixels` to a draw x ~ p(x|z); the
+    same seed gives the same images."""
     device = _device(model)
     generator = torch.Generator(device).manual_seed(seed)
     z = temperature * torch.randn(n, model.latent_dim, generator=generator, device=device)
-    return decode_means(model, z)
+    return _decoded(model, z, pixels, generator)
 
 
 def interpolation_path(a: torch.Tensor, b: torch.Tensor, steps: int,

@@ -59,17 +59,25 @@ def image_grid(images: torch.Tensor, cols: int, title: str, ink: bool = True) ->
     return figure
 
 
+def shown(pixels: bool) -> str:
+    """What a decoded picture is: the mean of p(x|z), or one draw of its pixels."""
+    return "a draw x ~ p(x|z)" if pixels else "the mean E[x|z]"
+
+
 def reconstructions(originals: torch.Tensor, decoded: torch.Tensor, sampled: bool,
-                    ink: bool = True) -> Figure:
+                    ink: bool = True, pixels: bool = False) -> Figure:
     how = "z ~ q(z|x)" if sampled else "the posterior mean"
     return image_grid(torch.cat([originals, decoded]), len(originals),
-                      f"Top: validation images. Bottom: decoded from {how}", ink)
+                      f"Top: validation images. Bottom: decoded from {how}, shown as "
+                      f"{shown(pixels)}", ink)
 
 
-def samples(images: torch.Tensor, temperature: float, ink: bool = True) -> Figure:
+def samples(images: torch.Tensor, temperature: float, ink: bool = True,
+            pixels: bool = False) -> Figure:
     cols = math.ceil(math.sqrt(len(images)))
     spread = "I" if temperature == 1 else f"{temperature:g}² I"
-    return image_grid(images, cols, f"New images: decoded z ~ N(0, {spread})", ink)
+    return image_grid(images, cols, f"New images: decoded z ~ N(0, {spread}), shown as "
+                                    f"{shown(pixels)}", ink)
 
 
 def interpolations(strips: torch.Tensor, description: str, ink: bool = True) -> Figure:

@@ -40,23 +40,24 @@ def ink(run: Run) -> bool:
 
 
 def figure_reconstructions(run: Run, val: Split, n: int = 16, sample: bool = False,
-                           seed: int = 0) -> Figure:
+                           seed: int = 0, pixels: bool = False) -> Figure:
     _at_least("--n", n, 1)
     # The IDX sets' first images are the seed's figure; a folder's are sorted by class, so
     # its images are taken evenly spaced through the validation set instead.
     spread = run.config.data is not None and len(val) > n
     originals = val.images[torch.linspace(0, len(val) - 1, n).round().long()] if spread \
         else val.images[:n]
-    decoded = generate.reconstruct(run.model, originals, sample, seed)
-    return plots.reconstructions(to_float(originals), decoded, sample, ink(run))
+    decoded = generate.reconstruct(run.model, originals, sample, seed, pixels)
+    return plots.reconstructions(to_float(originals), decoded, sample, ink(run), pixels)
 
 
-def figure_samples(run: Run, n: int = 64, temperature: float = 1.0, seed: int = 0) -> Figure:
+def figure_samples(run: Run, n: int = 64, temperature: float = 1.0, seed: int = 0,
+                   pixels: bool = False) -> Figure:
     _at_least("--n", n, 1)
     if not temperature > 0:
         raise VaelabError(f"--temperature {temperature} is not allowed: it must be > 0")
-    return plots.samples(generate.sample_prior(run.model, n, temperature, seed), temperature,
-                         ink(run))
+    return plots.samples(generate.sample_prior(run.model, n, temperature, seed, pixels),
+                         temperature, ink(run), pixels)
 
 
 def figure_interpolation(run: Run, val: Split, source: str | None = None,
@@ -153,8 +154,10 @@ def _captions(run: Run, val: Split) -> dict[str, str]:
     coloured = ", coloured by class" if val.labels is not None else ""
     return {
         "curves": "Negative ELBO and its two parts per epoch (nats per image).",
-        "reconstructions": "Validation images (top) and their reconstructions from μ (bottom).",
-        "samples": "New images: z drawn from the prior N(0, I), decoded (the decoder's means).",
+        "reconstructions": "Validation images (top) and their reconstructions from μ "
+                           "(bottom), shown as the mean E[x|z].",
+        "samples": "New images: z drawn from the prior N(0, I), decoded, shown as the mean "
+                   "E[x|z].",
         "interpolation": f"Linear interpolation between the posterior means of {between}.",
         "latent": f"Posterior means of the {len(val):,} validation images{coloured}.",
         "manifold": "The 2-D latent space decoded on a grid over the prior's quantiles.",
@@ -251,6 +254,11 @@ def _evaluation_section(run: Run) -> list[str]:
     if "pixel_entropy" in result:
         rows.append(["grayscale floor (pixel entropy)", result["pixel_entropy"], "—"])
     table = _table(["nats per image", "mean", "± standard error"], rows)
+    if result.get("density_of_8bit"):
+        table += _table(["bits per dimension", "mean", "± standard error"], [
+            ["−log p(x), importance-weighted", f"{result['nll_bits_per_dim']:.4f}",
+             f"{result['nll_bits_per_dim_stderr']:.4f}"],
+            ["−ELBO", f"{result['neg_elbo_bits_per_dim']:.4f}", "—"]])
     if "exact_nll" in result:
         table += (f"<p>The estimate falls short of the exact value by "
                   f"{result['exact_gap_mean']:.3f} nats on average (median "
