@@ -126,7 +126,10 @@ def test_summary_has_standard_errors_bits_and_active_units():
     assert result["nll"] == pytest.approx(102.0)
     assert result["nll_stderr"] == pytest.approx(2.0 / math.sqrt(3))
     assert result["nll_bits_per_dim"] == pytest.approx(102.0 / (784 * math.log(2)))
+    assert result["nll_bits_per_dim_stderr"] == pytest.approx(
+        2.0 / math.sqrt(3) / (784 * math.log(2)))
     assert result["neg_elbo"] == pytest.approx(107.0)
+    assert result["neg_elbo_bits_per_dim"] == pytest.approx(107.0 / (784 * math.log(2)))
     assert result["active_units"] == 1  # variances 0, 2/3, 1/600: only the middle unit
     assert result["effective_samples_median"] == 40.0
 

@@ -41,7 +41,11 @@ def png_size(path):
 ])
 def test_each_command_writes_pngs_of_the_expected_size(capsys, trained_run, tmp_path, args,
                                                        files):
-    code, out, err = cli(capsys, args[0], trained_run, "--out", tmp_path, *args[1:])
+    assert_writes_pngs(capsys, trained_run, tmp_path, args, files)
+
+
+def assert_writes_pngs(capsys, run, tmp_path, args, files):
+    code, out, err = cli(capsys, args[0], run, "--out", tmp_path, *args[1:])
     assert code == 0, err
     assert out.split() == [str(tmp_path / name) for name in files]
     for name, size in files.items():

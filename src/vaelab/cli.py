@@ -134,15 +134,18 @@ def add_figure_commands(commands) -> None:
         return parser
 
     p = command("reconstruct", "validation images above their reconstructions",
-                lambda r, run, val, a: [r.figure_reconstructions(run, val, a.n, a.sample, a.seed)],
+                lambda r, run, val, a: [r.figure_reconstructions(run, val, a.n, a.sample, a.seed,
+                                                                 a.sample_pixels)],
                 ["reconstructions"])
     p.add_argument("--n", type=int, default=16, help="how many images (default: 16)")
     p.add_argument("--sample", action="store_true", help="decode z ~ q(z|x), not the mean")
-    p.add_argument("--seed", type=int, default=0, help="seed for --sample (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for --sample and --sample-pixels (default: 0)")
+    _add_sample_pixels(p)
 
     p = command("sample", "new digits: decoded z ~ N(0, T^2 I)",
                 lambda r, run, val, a: [r.figure_samples(run, a.n, a.temperature, a.seed,
-                                                         a.label)],
+                                                         a.label, a.sample_pixels)],
                 ["samples"])
     p.add_argument("--n", type=int, help="how many samples (default: 64; a conditional run's "
                                           "class grid: 10 per class)")
@@ -151,6 +154,7 @@ def add_figure_commands(commands) -> None:
                         "without it, one row per class")
     p.add_argument("--temperature", type=float, default=1.0, help="T (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    _add_sample_pixels(p)
 
     p = command("interpolate", "decode points between two digits' posterior means",
                 lambda r, run, val, a: [r.figure_interpolation(
@@ -185,6 +189,11 @@ def add_figure_commands(commands) -> None:
             lambda r, run, val, a: [r.figure_curves(run)], ["curves"])
 
 
+def _add_sample_pixels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sample-pixels", action="store_true",
+                        help="show one draw x ~ p(x|z) of the pixels, not the mean E[x|z]")
+
+
 def run_figures(args: argparse.Namespace) -> int:
     from . import plots, report
     from .runs import FIGURES, load_run, validation_of
@@ -213,13 +222,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             ("-ELBO", result["neg_elbo"], result["neg_elbo_stderr"]),
             ("  reconstruction", result["recon"], None), ("  KL", result["kl"], None)]
     print(f"{result['images']} {args.split} images, {result['binarize']} targets, "
-          f"{result['checkpoint']}.pt (epoch {result['epoch']})")
+          f"{result['likelihood']} likelihood, {result['checkpoint']}.pt (epoch "
+          f"{result['epoch']})")
     if result.get("conditional"):
         print("conditional model: every number is given each image's label y")
     print(f"{'':22}  {'nats/image':>10}  {'± stderr':>8}")
     for name, value, error in rows:
         print(f"{name:22}  {value:>10.2f}  {'' if error is None else f'{error:8.2f}':>8}")
-    print(f"{f'-log {px}, bits/dim':22}  {result['nll_bits_per_dim']:>10.4f}")
+    _print_bits(result, px)
     if "exact_nll" in result:
         print(f"{f'-log {px}, exact':22}  {result['exact_nll']:>10.2f}  "
               f"{result['exact_nll_stderr']:8.2f}  (quadrature over z)")
@@ -231,6 +241,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"{'grayscale floor':22}  {result['pixel_entropy']:>10.2f}  (pixel entropy)")
     print(f"written to {path}")
     return 0
+
+
+def _print_bits(result: dict[str, Any], px: str) -> None:
+    """Bits per dimension, only where they are a probability of the 8-bit values."""
+    if not result["density_of_8bit"]:
+        print(f"{'bits/dim':22}  not shown: a {result['likelihood']} likelihood is not a "
+              "density of 8-bit images (--likelihood logistic gives one)")
+        return
+    print(f"{'':22}  {'bits/dim':>10}  {'± stderr':>8}")
+    print(f"{f'-log {px}, IW':22}  {result['nll_bits_per_dim']:>10.4f}  "
+          f"{result['nll_bits_per_dim_stderr']:8.4f}")
+    print(f"{'-ELBO':22}  {result['neg_elbo_bits_per_dim']:>10.4f}")
 
 
 def run_explore(args: argparse.Namespace) -> int:

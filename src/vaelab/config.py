@@ -62,6 +62,12 @@ class Config:
         None, "number of classes, recorded from the data for conditional runs", flag=False)
     height: int | None = setting(None, "image height, recorded from the data", flag=False)
     width: int | None = setting(None, "image width, recorded from the data", flag=False)
+    likelihood: Literal["bernoulli", "logistic", "logistic-mixture"] = setting(
+        "bernoulli", "p(x|z): bernoulli (the seed's; a cross-entropy on grey values); logistic "
+        "or logistic-mixture: discretized on the 256 levels, a probability of 8-bit images "
+        "(bits/dim compare with the literature)")
+    mixture_components: int = setting(
+        10, "logistics per sub-pixel in --likelihood logistic-mixture: 10, as PixelCNN++")
     latent_dim: int = setting(20, "size of z: the seed's LATENT_DIM")
     batch_size: int = setting(64, "images per step: the seed's BATCH_SIZE")
     lr: float = setting(1e-3, "Adam learning rate: the seed's LEARNING_RATE")
@@ -248,7 +254,7 @@ def _check_values(c: Config) -> None:
             _fail(f.name, value, f"one of {', '.join(map(str, choices))}")
     if c.kl_warmup < 0:
         _fail("kl_warmup", c.kl_warmup, "must be >= 0 epochs")
-    for name in ("latent_dim", "batch_size", "epochs", "iw_train"):
+    for name in ("latent_dim", "batch_size", "epochs", "iw_train", "mixture_components"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "must be at least 1")
     for name in ("limit_train", "limit_val", "image_size", "height", "width", "classes"):
@@ -264,6 +270,9 @@ def _check_values(c: Config) -> None:
     if (c.height is None) != (c.width is None) or (
             c.image_size is not None and c.height not in (None, c.image_size)):
         _fail("height", c.height, "height and width are recorded together from the data")
+    if c.likelihood != "bernoulli" and c.binarize != "none":
+        _fail("likelihood", c.likelihood, f"--binarize {c.binarize} makes images of 0s and 1s, "
+              "not 8-bit ones: use --binarize none, or --likelihood bernoulli")
     if c.image_size is not None:
         check_shape((c.channels or 1, c.image_size, c.image_size), c.arch,
                     "choose another --image-size")

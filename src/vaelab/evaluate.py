@@ -17,7 +17,7 @@ from . import distributed
 from .checkpoint import atomic_open
 from .data import limited, run_split, to_float, training_images, validation_images
 from .errors import VaelabError
-from .likelihoods import nll_samples
+from .likelihoods import EIGHT_BIT, nll_samples
 from .losses import Totals, elbo_terms, kl_standard_normal, log_importance_weights
 from .model import VAE
 from .quadrature import check_exact_possible, compare_with_estimate
@@ -125,8 +125,8 @@ def _estimates(model: VAE, x: torch.Tensor, noise: list[torch.Tensor],
 
 
 def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, float]:
-    """Means with standard errors across images (nats per image, and bits per dimension for
-    the NLL), and the number of active units."""
+    """Means with standard errors across images (nats per image, and bits per dimension:
+    nats / (ln 2 x C x H x W) with `pixels` = C x H x W), and the number of active units."""
     nll, neg_elbo = -estimates["log_px"], estimates["recon"] + estimates["kl"]
     n = len(nll)
 
@@ -134,11 +134,14 @@ def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, floa
         return values.std().item() / math.sqrt(n) if n > 1 else math.nan
 
     variances = estimates["mu"].double().var(0, unbiased=False)
+    bits = pixels * math.log(2)  # nats per image -> bits per dimension (sub-pixel)
     return {
         "images": n,
         "nll": nll.mean().item(), "nll_stderr": stderr(nll),
-        "nll_bits_per_dim": nll.mean().item() / (pixels * math.log(2)),
+        "nll_bits_per_dim": nll.mean().item() / bits,
+        "nll_bits_per_dim_stderr": stderr(nll) / bits,
         "neg_elbo": neg_elbo.mean().item(), "neg_elbo_stderr": stderr(neg_elbo),
+        "neg_elbo_bits_per_dim": neg_elbo.mean().item() / bits,
         "recon": estimates["recon"].mean().item(), "kl": estimates["kl"].mean().item(),
         "active_units": int((variances > ACTIVE_UNIT_THRESHOLD).sum()),
         "effective_samples_median": estimates["ess"].median().item(),
@@ -192,7 +195,11 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
                                chosen.labels)
     result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
               "checkpoint_sha256": run.checkpoint_sha256,
-              "dataset": config.data or config.dataset, "binarize": config.binarize, **numbers}
+              "dataset": config.data or config.dataset, "binarize": config.binarize,
+              "likelihood": config.likelihood,
+              # bits/dim are a density of the 8-bit values, comparable with the literature,
+              # only under a discretized likelihood (a Bernoulli on grey values is not one)
+              "density_of_8bit": config.likelihood in EIGHT_BIT, **numbers}
     path = eval_path(run.path, split)
     if not distributed.is_writer():  # under torchrun, rank 0 alone writes
         return result, path

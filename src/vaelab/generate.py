@@ -1,8 +1,8 @@
 """What a trained model shows, as tensors: reconstructions, samples, interpolations, latent maps.
 
-Images come back as the likelihood's means E[x|z] in [0, 1], shape (N, C, H, W), on the CPU.
-A conditional model takes a label with every image and every z (`labels`); an unconditional
-one ignores them.
+Images come back as the likelihood's means E[x|z] in [0, 1] (or, where asked, a draw of the
+pixels x ~ p(x|z)), shape (N, C, H, W), on the CPU. A conditional model takes a label with
+every image and every z (`labels`); an unconditional one ignores them.
 """
 
 from __future__ import annotations
@@ -46,37 +46,59 @@ def decode_means(model: VAE, z: torch.Tensor, labels: torch.Tensor | None = None
 
 
 @torch.inference_mode()
-def reconstruct(model: VAE, images: torch.Tensor, sample: bool = False,
-                seed: int = 0, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Decode each image's posterior mean mu(x), or with `sample` a z ~ q(z|x) (seeded)."""
+def decode_pixels(model: VAE, z: torch.Tensor, generator: torch.Generator | None = None,
+                  labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Latent points (N, D) -> one draw x ~ p(x|z) each (N, C, H, W) in [0, 1], CPU: the
+    likelihood's own noise, which the mean averages away (`--sample-pixels`)."""
+    device = _device(model)
+    return model.likelihood.sample(model.decode(z.to(device), _on(labels, device)),
+                                   generator).cpu()
+
+
+def _decoded(model: VAE, z: torch.Tensor, pixels: bool, seed: int,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
+    """E[x|z], or with `pixels` a draw x ~ p(x|z) seeded with `seed`."""
+    if not pixels:
+        return decode_means(model, z, labels)
+    return decode_pixels(model, z, torch.Generator(_device(model)).manual_seed(seed), labels)
+
+
+@torch.inference_mode()
+def reconstruct(model: VAE, images: torch.Tensor, sample: bool = False, seed: int = 0,
+                pixels: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode each image's posterior mean mu(x), or with `sample` a z ~ q(z|x) (seeded);
+    show E[x|z], or with `pixels` a draw x ~ p(x|z) (seeded too)."""
     device = _device(model)
     mu, logvar = model.encode(to_float(images.to(device)), _on(labels, device))
     if sample:
         mu = model.reparameterize(mu, logvar, torch.Generator(device).manual_seed(seed))
-    return decode_means(model, mu, labels)
+    return _decoded(model, mu, pixels, seed, labels)
 
 
 def prior_draws(model: VAE, n: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """n draws z ~ N(0, T^2 I) (n, D) on the CPU; the same seed gives the same draws."""
+    """n draws z ~ N(0, T^2 I) (n, D) on the CPU, so that a seed gives the same draws on any
+    device."""
     generator = torch.Generator().manual_seed(seed)
     return temperature * torch.randn(n, model.latent_dim, generator=generator)
 
 
 @torch.inference_mode()
 def sample_prior(model: VAE, n: int, temperature: float = 1.0, seed: int = 0,
-                 label: int | None = None) -> torch.Tensor:
-    """Decode n draws z ~ N(0, T^2 I); a conditional model writes them all as class `label`."""
+                 label: int | None = None, pixels: bool = False) -> torch.Tensor:
+    """Decode n draws z ~ N(0, T^2 I) to E[x|z], or with `pixels` to a draw x ~ p(x|z); the
+    same seed gives the same images. A conditional model writes them all as class `label`."""
     labels = torch.full((n,), label) if label is not None else None
-    return decode_means(model, prior_draws(model, n, temperature, seed), labels)
+    return _decoded(model, prior_draws(model, n, temperature, seed), pixels, seed, labels)
 
 
 @torch.inference_mode()
-def class_grid(model: VAE, columns: int, temperature: float = 1.0, seed: int = 0
-               ) -> torch.Tensor:
+def class_grid(model: VAE, columns: int, temperature: float = 1.0, seed: int = 0,
+               pixels: bool = False) -> torch.Tensor:
     """A conditional model's samples with one row per class and the same z down each column:
     (classes * columns, C, H, W), row-major."""
     z = prior_draws(model, columns, temperature, seed).repeat(model.classes, 1)
-    return decode_means(model, z, torch.arange(model.classes).repeat_interleave(columns))
+    labels = torch.arange(model.classes).repeat_interleave(columns)
+    return _decoded(model, z, pixels, seed, labels)
 
 
 @torch.inference_mode()

@@ -1,8 +1,15 @@
 """p(x|z) as an object: the decoder outputs its parameters, the likelihood turns them into
-log p(x|z) per image and into the picture to show.
+log p(x|z) per image, into the picture to show (its mean) and into a sample of pixels.
 
-Training, evaluation, the figures, the report and the explorer only call these methods, so a
-new likelihood (a discretized logistic for 8-bit images, say) plugs in here and nowhere else.
+Training, evaluation, the figures, the report and the explorer only call these methods:
+
+    bernoulli         the seed's; a cross-entropy on grey values, a density of binary images
+    logistic          a discretized logistic on the 256 levels of each sub-pixel
+    logistic-mixture  a mixture of discretized logistics per sub-pixel (PixelCNN++'s, without
+                      its dependence between channels: see discretized.py)
+
+The two discrete ones are probabilities of 8-bit images, so their -log p(x) in bits per
+dimension sets beside the literature's.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from .discretized import DiscretizedLogistic, DiscretizedLogisticMixture
 from .losses import bernoulli_nll
 
 
@@ -23,6 +31,10 @@ class Likelihood(Protocol):
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """The picture to show: E[x|z] in [0, 1], (B, C, H, W)."""
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        """One draw x ~ p(x|z) per sub-pixel, (B, C, H, W) in [0, 1] (`--sample-pixels`)."""
 
     def floor(self, x: torch.Tensor) -> float | None:
         """The smallest mean -log p(x|z) any model can reach on targets x, when that is above
@@ -42,6 +54,12 @@ class Bernoulli:
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)
 
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        """Each sub-pixel 0 or 1 with probability sigmoid(logit) of 1."""
+        u = torch.rand(params.shape, generator=generator, device=params.device)
+        return (u < torch.sigmoid(params)).float()
+
     def floor(self, x: torch.Tensor) -> float | None:
         """Grey targets: mean over images of sum H(x) = -[x log x + (1 - x) log(1 - x)], the
         cross-entropy of a model that predicts p = x exactly. Binary targets: None (it is 0)."""
@@ -51,7 +69,16 @@ class Bernoulli:
         return bernoulli_nll(torch.logit(x, eps=1e-12), x).mean().item()
 
 
-LIKELIHOODS = {"bernoulli": Bernoulli}
+LIKELIHOODS = {"bernoulli": Bernoulli, "logistic": DiscretizedLogistic,
+               "logistic-mixture": DiscretizedLogisticMixture}
+EIGHT_BIT = ("logistic", "logistic-mixture")  # densities of 8-bit images: bits/dim compare
+
+
+def make_likelihood(name: str, components: int = 10) -> Likelihood:
+    """The likelihood a config names; `components` is used by the mixture alone."""
+    if name == "logistic-mixture":
+        return DiscretizedLogisticMixture(components)
+    return LIKELIHOODS[name]()
 
 
 def nll_samples(likelihood: Likelihood, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import check_shape
 from .errors import ConfigError, VaelabError
-from .likelihoods import LIKELIHOODS
+from .likelihoods import make_likelihood
 
 if TYPE_CHECKING:
     from .config import Config
@@ -159,13 +159,14 @@ class VAE(nn.Module):
     is conditional: q(z|x, y) and p(x|z, y), and every method takes the labels y."""
 
     def __init__(self, latent_dim: int = 20, shape: tuple[int, int, int] = SEED_SHAPE,
-                 arch: str = "conv", likelihood: str = "bernoulli", classes: int = 0):
+                 arch: str = "conv", likelihood: str = "bernoulli", components: int = 10,
+                 classes: int = 0):
         super().__init__()
         if arch not in ARCHS:
             raise ConfigError(f"arch {arch!r} is unknown: choose one of {', '.join(ARCHS)}")
         self.latent_dim, self.shape, self.arch = latent_dim, tuple(shape), arch
         self.classes = classes
-        self.likelihood = LIKELIHOODS[likelihood]()
+        self.likelihood = make_likelihood(likelihood, components)
         outputs = shape[0] * self.likelihood.params_per_channel
         if arch == "conv":
             self.encoder = Encoder(latent_dim, shape, classes)
@@ -252,10 +253,11 @@ class VAE(nn.Module):
 
 
 def build_model(config: Config) -> VAE:
-    """The network a config describes: its latent size, image shape, architecture and, for a
-    conditional run, its number of classes."""
-    return VAE(config.latent_dim, config.image_shape, config.arch,
-               classes=config.classes or 0)
+    """The network a config describes: its latent size, image shape, architecture, likelihood
+    (whose parameters set the decoder's outputs) and, for a conditional run, its number of
+    classes."""
+    return VAE(config.latent_dim, config.image_shape, config.arch, config.likelihood,
+               config.mixture_components, classes=config.classes or 0)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -77,30 +77,37 @@ def _name_cells(axes, grid_size: tuple[int, int], image_size: tuple[int, int],
         axes.text(x, -PAD, name, ha="center", va="bottom", fontsize=7, clip_on=False)
 
 
+def shown(pixels: bool) -> str:
+    """What a decoded picture is: the mean of p(x|z), or one draw of its pixels."""
+    return "a draw x ~ p(x|z)" if pixels else "the mean E[x|z]"
+
+
 def reconstructions(originals: torch.Tensor, decoded: torch.Tensor, sampled: bool,
-                    ink: bool = True) -> Figure:
+                    ink: bool = True, pixels: bool = False) -> Figure:
     how = "z ~ q(z|x)" if sampled else "the posterior mean"
     return image_grid(torch.cat([originals, decoded]), len(originals),
-                      f"Top: validation images. Bottom: decoded from {how}", ink)
+                      f"Top: validation images. Bottom: decoded from {how}, shown as "
+                      f"{shown(pixels)}", ink)
 
 
 def samples(images: torch.Tensor, temperature: float, ink: bool = True,
-            label: str | None = None) -> Figure:
+            pixels: bool = False, label: str | None = None) -> Figure:
     """`label` names the class a conditional model was asked for."""
     cols = math.ceil(math.sqrt(len(images)))
     spread = "I" if temperature == 1 else f"{temperature:g}² I"
     written = f", written as {label}" if label else ""
-    return image_grid(images, cols, f"New images: decoded z ~ N(0, {spread}){written}", ink)
+    return image_grid(images, cols, f"New images: decoded z ~ N(0, {spread}){written}, shown "
+                                    f"as {shown(pixels)}", ink)
 
 
 def class_samples(images: torch.Tensor, classes: list[str], temperature: float,
-                  ink: bool = True) -> Figure:
+                  ink: bool = True, pixels: bool = False) -> Figure:
     """A conditional model's class grid: images (classes * columns, ...), one row per class,
     the same z down each column."""
     spread = "I" if temperature == 1 else f"{temperature:g}² I"
     return image_grid(images, len(images) // len(classes),
-                      f"One row per class, one z ~ N(0, {spread}) per column", ink,
-                      row_names=classes)
+                      f"One row per class, one z ~ N(0, {spread}) per column, shown as "
+                      f"{shown(pixels)}", ink, row_names=classes)
 
 
 def analogies(sources: torch.Tensor, decoded: torch.Tensor, classes: list[str],

@@ -40,16 +40,17 @@ def ink(run: Run) -> bool:
 
 
 def figure_reconstructions(run: Run, val: Split, n: int = 16, sample: bool = False,
-                           seed: int = 0) -> Figure:
+                           seed: int = 0, pixels: bool = False) -> Figure:
     _at_least("--n", n, 1)
     # The IDX sets' first images are the seed's figure; a folder's are sorted by class, so
     # its images are taken evenly spaced through the validation set instead.
     spread = run.config.data is not None and len(val) > n
     chosen = torch.linspace(0, len(val) - 1, n).round().long() if spread else torch.arange(
         min(n, len(val)))
-    decoded = generate.reconstruct(run.model, val.images[chosen], sample, seed,
+    decoded = generate.reconstruct(run.model, val.images[chosen], sample, seed, pixels,
                                    _labels(val, chosen))
-    return plots.reconstructions(to_float(val.images[chosen]), decoded, sample, ink(run))
+    return plots.reconstructions(to_float(val.images[chosen]), decoded, sample, ink(run),
+                                 pixels)
 
 
 def _labels(val: Split, chosen: torch.Tensor) -> torch.Tensor | None:
@@ -58,7 +59,7 @@ def _labels(val: Split, chosen: torch.Tensor) -> torch.Tensor | None:
 
 
 def figure_samples(run: Run, n: int | None = None, temperature: float = 1.0, seed: int = 0,
-                   label: str | int | None = None) -> Figure:
+                   label: str | int | None = None, pixels: bool = False) -> Figure:
     """New images from the prior. A conditional run draws them all as class `label`; without
     one it draws its class grid: n // classes columns (default 10), one row per class."""
     if not temperature > 0:
@@ -67,13 +68,13 @@ def figure_samples(run: Run, n: int | None = None, temperature: float = 1.0, see
     if run.model.conditional and index is None:
         columns = 10 if n is None else n // run.model.classes
         _at_least("--n (a multiple of the classes, for the class grid)", columns, 1)
-        images = generate.class_grid(run.model, columns, temperature, seed)
-        return plots.class_samples(images, list(run.classes), temperature, ink(run))
+        images = generate.class_grid(run.model, columns, temperature, seed, pixels)
+        return plots.class_samples(images, list(run.classes), temperature, ink(run), pixels)
     n = 64 if n is None else n
     _at_least("--n", n, 1)
-    images = generate.sample_prior(run.model, n, temperature, seed, index)
+    images = generate.sample_prior(run.model, n, temperature, seed, index, pixels)
     of = f"class {run.classes[index]}" if index is not None else None
-    return plots.samples(images, temperature, ink(run), of)
+    return plots.samples(images, temperature, ink(run), pixels, of)
 
 
 def figure_analogies(run: Run, val: Split, n: int = 8) -> Figure:
@@ -190,8 +191,10 @@ def _captions(run: Run, val: Split) -> dict[str, str]:
     coloured = ", coloured by class" if val.labels is not None else ""
     return {
         "curves": "Negative ELBO and its two parts per epoch (nats per image).",
-        "reconstructions": "Validation images (top) and their reconstructions from μ (bottom).",
-        "samples": "New images: z drawn from the prior N(0, I), decoded (the decoder's means).",
+        "reconstructions": "Validation images (top) and their reconstructions from μ "
+                           "(bottom), shown as the mean E[x|z].",
+        "samples": "New images: z drawn from the prior N(0, I), decoded, shown as the mean "
+                   "E[x|z].",
         "interpolation": f"Linear interpolation between the posterior means of {between}.",
         "latent": f"Posterior means of the {len(val):,} validation images{coloured}.",
         "manifold": "The 2-D latent space decoded on a grid over the prior's quantiles.",
@@ -307,6 +310,11 @@ def _evaluation_section(run: Run) -> list[str]:
     if "pixel_entropy" in result:
         rows.append(["grayscale floor (pixel entropy)", result["pixel_entropy"], "—"])
     table = _table(["nats per image", "mean", "± standard error"], rows)
+    if result.get("density_of_8bit"):
+        table += _table(["bits per dimension", "mean", "± standard error"], [
+            ["−log p(x), importance-weighted", f"{result['nll_bits_per_dim']:.4f}",
+             f"{result['nll_bits_per_dim_stderr']:.4f}"],
+            ["−ELBO", f"{result['neg_elbo_bits_per_dim']:.4f}", "—"]])
     if "exact_nll" in result:
         table += (f"<p>The estimate falls short of the exact value by "
                   f"{result['exact_gap_mean']:.3f} nats on average (median "
