@@ -151,11 +151,11 @@ class Network(torch.nn.Module):
     def model_called(self, module, args):
         self.bypassed += module.training and not self.inside
 
-    def forward(self, x, generator=None, samples=None):
+    def forward(self, x, generator=None, samples=None, **noise_and_labels):
         self.samples.append(samples)
         self.inside = True
         try:
-            return self.model(x, generator, samples=samples)
+            return self.model(x, generator, samples=samples, **noise_and_labels)
         finally:
             self.inside = False
 

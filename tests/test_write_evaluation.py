@@ -184,7 +184,7 @@ def test_evaluate_run_exact_adds_the_quadrature(data_dir, tmp_path, capsys):
     result = evaluate_run(model, images, samples=4, seed=1, exact=True)
     took = time.perf_counter() - started
     estimates = log_likelihood_iw(model, images, 4, seed=1)
-    expected = {"iw_samples": 4, **summarize(estimates, 784),
+    expected = {"iw_samples": 4, "conditional": False, **summarize(estimates, 784),
                 **compare_with_estimate(model, images, estimates["log_px"])}
     assert {k: result[k] for k in expected} == expected
     assert set(result) == set(expected) | {"seconds"} and 0 < result["seconds"] <= took
@@ -237,8 +237,8 @@ def test_evaluate_checkpoint_last_measures_last_pt(tiny_config, tmp_path, capsys
     real = training.evaluate_elbo
     epochs = []
 
-    def worse_after_the_first(model, images, seed):
-        totals = real(model, images, seed)
+    def worse_after_the_first(model, images, seed, **labels):
+        totals = real(model, images, seed, **labels)
         totals.sums = totals.sums * (1 + len(epochs))
         epochs.append(1)
         return totals
