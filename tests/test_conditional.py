@@ -2,20 +2,17 @@
 analogies, and every way to ask for a label wrongly."""
 
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
 import torch
 from helpers import cli
 from PIL import Image
-from test_robustness import assert_same_run
+from test_robustness import assert_stop_at_step_5_then_resume_is_exact
 
-from vaelab import VAE, load_run, resume, train
-from vaelab import training as training_module
+from vaelab import VAE, load_run, train
 from vaelab.data import load_split
-from vaelab.errors import TrainingInterrupted, VaelabError
+from vaelab.errors import VaelabError
 from vaelab.evaluate import log_likelihood_iw
 from vaelab.model import count_parameters
 from vaelab.plots import NAMES_PX, grid_figure_size
@@ -87,22 +84,7 @@ def test_a_conditional_run_lowers_its_loss_on_real_mnist(tiny_config, tmp_path):
 
 def test_a_conditional_run_stopped_mid_epoch_resumes_exactly(tiny_config, tmp_path):
     config = tiny_config.replace(conditional=True, epochs=2, batch_size=32)
-    straight = train(config, tmp_path / "straight")
-    stopped = tmp_path / "stopped"
-    with pytest.MonkeyPatch.context() as patch:
-        real, calls = training_module._step, []
-
-        def stop_at_step_5(state, *args):
-            calls.append(1)
-            if len(calls) == 5:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return real(state, *args)
-
-        patch.setattr(training_module, "_step", stop_at_step_5)
-        with pytest.raises(TrainingInterrupted, match="in epoch 1 after batch 5"):
-            train(config, stopped)
-    resume(stopped)
-    assert_same_run(straight, stopped)
+    assert_stop_at_step_5_then_resume_is_exact(config, tmp_path)
 
 
 def png_size(path):

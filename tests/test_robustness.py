@@ -215,6 +215,12 @@ def test_an_output_folder_that_cannot_be_made_is_one_error(tiny_config, tmp_path
 # uninterrupted run exactly (tested)": IWAE with dynamic binarization, stopped mid-epoch.
 def test_iwae_with_binarization_resumes_exactly_mid_epoch(tiny_config, tmp_path):
     config = tiny_config.replace(iw_train=3, binarize="dynamic", kl_warmup=1, epochs=2)
+    assert_stop_at_step_5_then_resume_is_exact(config, tmp_path)
+
+
+def assert_stop_at_step_5_then_resume_is_exact(config, tmp_path):
+    """SIGTERM during the 5th step: the run stops after that batch, and its resume equals an
+    uninterrupted run of `config`."""
     straight = train(config, tmp_path / "straight")
     stopped = tmp_path / "stopped"
     with pytest.MonkeyPatch.context() as patch:

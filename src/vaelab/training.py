@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import signal
 import sys
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +50,7 @@ from .runs import (
     write_metrics,
 )
 from .state import EpochProgress, TrainingState
+from .stopping import StopSignals
 from .version import __version__
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -197,36 +197,6 @@ def _make_run_dir(run_dir: Path) -> None:
                           "choose a writable --out") from None
 
 
-class _StopSignals:
-    """The first SIGINT or SIGTERM becomes a request to stop after the current batch (so the
-    checkpoint is consistent); a second one acts as it normally would (not under torchrun)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():  # signals need the main thread
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self._request_stop)
-        return self
-
-    def requested(self) -> int | None:
-        """The stop signal, if any rank got one: all ranks agree, so all stop after the same
-        batch (one small all-reduce per batch under torchrun)."""
-        self.signum = distributed.agreed_signal(self.signum)
-        return self.signum
-
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        if not distributed.launched():  # torchrun forwards a Ctrl-C its workers also got, and
-            signal.signal(signum, self.previous[signum])  # escalates to SIGKILL itself
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
 def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Path,
          progress: bool | None, on_epoch_end: EpochCallback | None) -> None:
     config = state.config
@@ -240,7 +210,7 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     state.data = data_summary(train_split, val_split)
     state.network = distributed.wrap(state.network, device)
     distributed.from_writer(lambda: _start_files(state, run_dir, len(train_images)))
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             result = _train_epoch(state, train_images, train_labels, epoch, show, stop)
             if result is None:  # stopped mid-epoch: state.partial says where
@@ -268,7 +238,7 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
 
 
 def _train_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tensor | None,
-                 epoch: int, show: bool, stop: _StopSignals) -> tuple[Totals, float] | None:
+                 epoch: int, show: bool, stop: StopSignals) -> tuple[Totals, float] | None:
     """Train one epoch (or the rest of a saved one); None if a stop was requested first.
     `labels` go with the images to a conditional model (None otherwise)."""
     size = state.config.batch_size
