@@ -119,7 +119,9 @@ def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) ->
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
-                              f"({str(err).splitlines()[0]}); the checkpoint is damaged") from None
+                              f"({str(err).splitlines()[0]}); the checkpoint is damaged, or its "
+                              f"vaelab ({payload.get('vaelab_version')}) built another network "
+                              "for that config: retrain it") from None
 
 
 def _first_line(err: Exception) -> str:

@@ -11,10 +11,15 @@ Other sizes get the same pattern with one stride-2 stage per halving (widths 32,
 while each side stays even and at least 4 (28 -> 14 -> 7: two stages; 64 -> ... -> 4: four).
 "resnet" is a wider residual network on the same stages, for colour images.
 
-A conditional VAE (Sohn et al. 2015) takes the label y as a one-hot vector in both halves: the
-encoder appends it to the flattened features before mu and log sigma^2 (q(z|x, y)), and the
-decoder's first layer reads [z, y] (p(x|z, y)); the prior stays N(0, I). With no classes the
-layers are exactly the unconditional ones.
+A conditional VAE (Sohn et al. 2015) takes the label y as a one-hot vector in both halves
+(q(z|x, y), p(x|z, y)); the prior stays N(0, I). The decoder's first layer reads [z, y]. The
+encoder sees y twice: as one constant input plane per class beside the image, and appended to
+the flattened features before mu and log sigma^2. The planes are there so that the convolutions
+can describe the image relative to its class, which leaves z with the style: with y after the
+convolutions alone, z still carried part of the class, and the samples of a class drawn from
+the prior followed their label 86% of the time against 94% with the planes (bench/conditional.py,
+10 epochs each; the README has the measurements). With no classes the layers are exactly the
+unconditional ones.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ class Encoder(nn.Module):
         super().__init__()
         count = check_shape(shape, "conv")
         layers: list[nn.Module] = []
-        channels = shape[0]
+        channels = shape[0] + classes  # the image, then one plane per class
         for width in _widths(count, 32):
             layers += [nn.Conv2d(channels, width, kernel_size=4, stride=2, padding=1), nn.ReLU()]
             channels = width
@@ -69,8 +74,11 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(x)
-        if y is not None:
+        if y is None:
+            h = self.features(x)
+        else:
+            planes = y.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            h = self.features(torch.cat([x, planes], 1))
             h = torch.cat([h, y.to(h.dtype)], 1)
         return self.mu(h), self.logvar(h)
 
@@ -118,7 +126,7 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         count = check_shape(shape, "resnet")
         widths = _widths(count + 1, 64, 128)
-        layers: list[nn.Module] = [nn.Conv2d(shape[0], widths[0], 3, padding=1)]
+        layers: list[nn.Module] = [nn.Conv2d(shape[0] + classes, widths[0], 3, padding=1)]
         for narrow, wide in zip(widths, widths[1:]):
             layers += [ResidualBlock(narrow), nn.Conv2d(narrow, wide, 4, stride=2, padding=1)]
         layers += [ResidualBlock(widths[-1]), nn.GroupNorm(8, widths[-1]), nn.SiLU(),
