@@ -113,6 +113,22 @@ def test_gradients_are_finite_at_the_edges_and_extreme_parameters(likelihood):
         assert torch.isfinite(params.grad).all(), v
 
 
+def test_a_new_decoder_starts_mid_range_with_its_components_apart():
+    # Started at zero, every mean would sit at black with a scale of the whole range (see
+    # discretized.INITIAL_LOG_SCALE); the biases put them inside [0, 1], a mixture's spread.
+    torch.manual_seed(0)
+    mixture = VAE(4, (3, 16, 16), likelihood="logistic-mixture", components=4)
+    bias = mixture.decoder.net[-1].bias.view(1, -1, 1, 1)
+    log_weight, mean, log_scale = (part.flatten() for part in mixture.likelihood.split(bias))
+    assert mean.tolist() == [0.125] * 3 + [0.375] * 3 + [0.625] * 3 + [0.875] * 3  # k-major
+    assert torch.equal(log_scale, torch.full((12,), math.log(0.1)))
+    assert (log_weight == log_weight[0]).all()
+    logistic = VAE(4, (3, 16, 16), likelihood="logistic")
+    assert torch.equal(logistic.decoder.net[-1].bias, torch.tensor([0.5] * 3 + [math.log(0.1)] * 3))
+    picture = logistic.decode_mean(torch.randn(64, 4))  # the weights' part is small: near 0.5
+    assert abs(picture.mean().item() - 0.5) < 0.15
+
+
 @pytest.mark.parametrize("likelihood", [DiscretizedLogistic(), DiscretizedLogisticMixture(3)])
 def test_the_mean_is_that_of_the_256_values(likelihood):
     """E[x|z] = sum_v (v / 255) P(v): the survival-sum form against the masses themselves;

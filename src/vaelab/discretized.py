@@ -26,6 +26,8 @@ for grey and colour, and a sum to one that is tested per sub-pixel.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +39,12 @@ HALF_BIN = 0.5 / (LEVELS - 1)
 # keeps 1 / (255 s) far from float32's underflow (where log(-expm1) would become log 0).
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 7.0
 THRESHOLDS_AT_ONCE = 16  # bin edges the mean evaluates per pass: bounds its memory
+# The decoder's last layer starts with these biases (its weights are small, so its first
+# outputs are near them): the means inside [0, 1] (a mixture's components spread over it,
+# so they start apart) and a scale of 0.1, a few tenths of the range. Left at zero, every
+# mean starts at black and the scale at the whole range: on colour images, whose
+# backgrounds are any colour, training then stalled at the average colour (see the README).
+INITIAL_LOG_SCALE = math.log(0.1)
 
 
 def log_bin_mass(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -106,6 +114,10 @@ class DiscretizedLogistic:
     def floor(self, x: torch.Tensor) -> float | None:
         return None  # a probability of the 8-bit values: nothing outside the model bounds it
 
+    def initial_bias(self, channels: int) -> torch.Tensor:
+        """[means at 0.5 | log-scales at INITIAL_LOG_SCALE], (2C,)."""
+        return torch.tensor([0.5, INITIAL_LOG_SCALE]).repeat_interleave(channels)
+
 
 class DiscretizedLogisticMixture:
     """A mixture of `components` discretized logistics per sub-pixel (PixelCNN++'s, with
@@ -152,6 +164,14 @@ class DiscretizedLogisticMixture:
 
     def floor(self, x: torch.Tensor) -> float | None:
         return None
+
+    def initial_bias(self, channels: int) -> torch.Tensor:
+        """Equal weights, component k's mean at (k + 1/2) / K, log-scales at
+        INITIAL_LOG_SCALE: (3KC,), in the order of `split`."""
+        k = self.components
+        means = (torch.arange(k) + 0.5) / k
+        bias = torch.stack([torch.zeros(k), means, torch.full((k,), INITIAL_LOG_SCALE)])
+        return bias[:, :, None].expand(3, k, channels).flatten()
 
 
 def levels(dtype: torch.dtype = torch.float64) -> torch.Tensor:

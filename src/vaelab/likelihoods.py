@@ -40,6 +40,9 @@ class Likelihood(Protocol):
         """The smallest mean -log p(x|z) any model can reach on targets x, when that is above
         zero for reasons that are not the model's (None for a density of the data)."""
 
+    def initial_bias(self, channels: int) -> torch.Tensor | None:
+        """The decoder's last bias at the start, (C * P,) (None: PyTorch's default init)."""
+
 
 class Bernoulli:
     """The seed's: each sub-pixel x in [0, 1] under Bernoulli(sigmoid(logit)); one logit per
@@ -67,6 +70,9 @@ class Bernoulli:
         if bool(((x == 0) | (x == 1)).all()):
             return None
         return bernoulli_nll(torch.logit(x, eps=1e-12), x).mean().item()
+
+    def initial_bias(self, channels: int) -> None:
+        return None  # the seed's initialization, unchanged
 
 
 LIKELIHOODS = {"bernoulli": Bernoulli, "logistic": DiscretizedLogistic,

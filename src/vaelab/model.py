@@ -182,6 +182,10 @@ class VAE(nn.Module):
         else:
             self.encoder = ResNetEncoder(latent_dim, shape, classes)
             self.decoder = ResNetDecoder(latent_dim, shape, outputs, classes)
+        bias = self.likelihood.initial_bias(shape[0])
+        if bias is not None:  # set after every random draw: the weights are as before
+            with torch.no_grad():
+                self.decoder.net[-1].bias.copy_(bias)
 
     @property
     def conditional(self) -> bool:
