@@ -187,9 +187,11 @@ def test_the_iw_estimate_agrees_with_the_exact_value_within_its_standard_error(
         logistic_1d_run, data_dir):
     """As for the Bernoulli (tests/test_quadrature.py): where q(z|x) covers the exact
     posterior, within 4 standard errors sqrt(1/ESS - 1/K) (plus the bias, about its square);
-    else a lower bound within the same noise."""
-    images = load_split("mnist", "val", data_dir, limit=6).images
-    assert_iw_agrees_with_exact(load_run(logistic_1d_run).model, images, 5000)
+    else a lower bound within the same noise. 16 images: q covers the exact posterior of
+    only some (measured: 1 of the first 6), and at least 3 must be covered."""
+    images = load_split("mnist", "val", data_dir, limit=16).images
+    assert_iw_agrees_with_exact(load_run(logistic_1d_run).model, images, 5000,
+                                covered_at_least=3)
 
 
 def test_evaluate_prints_bits_per_dimension_of_a_logistic_run(capsys, logistic_1d_run):
