@@ -47,7 +47,7 @@ def seed_style_loop(data_dir: Path, max_epochs: int) -> dict:
     from torchvision import datasets, transforms
 
     from vaelab import VAE
-    from vaelab.data import find_files
+    from vaelab.idx import find_files
     from vaelab.losses import kl_standard_normal
 
     root = Path(tempfile.mkdtemp())  # torchvision extracts beside the files: use a copy

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vaelab import Config
-from vaelab.data import find_files
+from vaelab.idx import find_files
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.data import SPLIT_FILES, find_files, load_split, read_idx, resolve_data_dir, to_float
+from vaelab.data import load_split, to_float
 from vaelab.errors import DataError
+from vaelab.idx import SPLIT_FILES, find_files, read_idx, resolve_data_dir
 
 RAW = "MNIST/raw"
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -255,7 +256,7 @@ def test_label_9_is_accepted_and_errors_name_the_right_file(data_dir, tmp_path):
 
 def test_a_changed_file_is_read_again(tmp_path):
     """The cache is keyed by the file's size and mtime: rewriting it is seen at once."""
-    from vaelab.data import _cached_idx
+    from vaelab.idx import _cached_idx
 
     path = write_idx(tmp_path / "labels", np.zeros(4, dtype=np.uint8))
     assert _cached_idx(path).tolist() == [0, 0, 0, 0]

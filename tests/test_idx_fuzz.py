@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vaelab.data import read_idx
 from vaelab.errors import DataError
+from vaelab.idx import read_idx
 
 SLACK = 3 << 20  # the 1 MiB read chunk, gzip's buffers and the interpreter's own
 

@@ -174,7 +174,7 @@ def test_a_refused_resume_prints_nothing_first(capsys, tiny_config, tmp_path):
 def test_third_party_loggers_stay_quiet(capsys):
     log_to_stderr()
     logging.getLogger("httpx").info('HTTP Request: GET http://127.0.0.1 "HTTP/1.1 200 OK"')
-    logging.getLogger("vaelab.data").info("downloaded a file")
+    logging.getLogger("vaelab.idx").info("downloaded a file")
     err = capsys.readouterr().err
     assert err == "vaelab: downloaded a file\n"
 
