@@ -10,6 +10,7 @@ evenly it covers the digits). Also writes the README's class grid and analogy fi
     export VAELAB_DATA_DIR=../shared/data
     python bench/conditional.py                 # the README's table (10 epochs each)
     python bench/conditional.py --epochs 1 --samples 100   # a quick look
+    python bench/conditional.py --seed 1 --runs runs/cond-seed1 --figures runs/cond-seed1
 """
 
 from __future__ import annotations
@@ -73,12 +74,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="VAE epochs (the seed's 10)")
     parser.add_argument("--classifier-epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=1000, help="samples per class")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the VAEs' training seed (the classifier's and the draws' stay)")
     parser.add_argument("--runs", default="runs/bench-conditional", help="where the runs go")
     parser.add_argument("--figures", default="docs/figures/conditional")
     args = parser.parse_args()
 
     runs = Path(args.runs)
-    seconds = {name: train_or_reuse(runs / name, vaelab.Config(epochs=args.epochs, **extra))
+    seconds = {name: train_or_reuse(runs / name,
+                                    vaelab.Config(epochs=args.epochs, seed=args.seed, **extra))
                for name, extra in (("conditional", {"conditional": True}), ("unconditional", {}))}
     judge, accuracy = train_classifier(args.classifier_epochs, seed=0)
     conditional, unconditional = (load_run(runs / name) for name in seconds)
@@ -89,7 +93,7 @@ def main() -> None:
     free = predict(judge, generate.sample_prior(unconditional.model, len(asked), seed=1))
 
     print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}; "
-          f"VAEs: {args.epochs} epochs at the seed's defaults (conditional "
+          f"VAEs: {args.epochs} epochs at the seed's defaults, seed {args.seed} (conditional "
           f"{seconds['conditional']:.0f} s, unconditional {seconds['unconditional']:.0f} s to "
           f"train here); classifier test accuracy {100 * accuracy:.2f}%\n")
     print("| class | conditional: classified as the class asked for | "

@@ -20,14 +20,27 @@ from vaelab.plots import NAMES_PX, grid_figure_size
 SEED_PARAMETERS = 258_025
 
 
-def test_the_label_adds_one_input_per_class_and_nothing_else():
+def test_the_label_adds_its_inputs_and_modulations_and_nothing_else():
     # The unconditional network is the seed's; the conditional one adds a column per class to
     # the encoder's mu and log sigma^2 layers (D outputs each) and to the decoder's first layer
-    # (3136 outputs), and an input plane per class to the encoder's first conv (32 filters of
-    # 4x4): nothing else changes.
+    # (3136 outputs), an input plane per class to the encoder's first conv (32 filters of 4x4),
+    # and per class a gain and a shift for each channel of the decoder's two hidden stages
+    # (64 and 32 channels): nothing else changes.
     assert count_parameters(VAE(20)) == SEED_PARAMETERS
     assert count_parameters(VAE(20, classes=10)) == (SEED_PARAMETERS + 10 * (2 * 20 + 3136)
-                                                     + 10 * 32 * 4 * 4)
+                                                     + 10 * 32 * 4 * 4 + 10 * 2 * (64 + 32))
+
+
+def test_a_new_conditional_decoder_starts_unmodulated():
+    # FiLM starts as the identity: the labels then act only through the first layer's columns,
+    # so zeroing those makes the decoder ignore the label entirely.
+    torch.manual_seed(0)
+    model = VAE(3, classes=4)
+    with torch.no_grad():
+        model.decoder.net[0].weight[:, 3:] = 0
+    z = torch.randn(5, 3).repeat(4, 1)
+    drawn = model.decode(z, torch.arange(4).repeat_interleave(5)).view(4, 5, -1)
+    assert torch.equal(drawn, drawn[:1].expand_as(drawn))
 
 
 @pytest.mark.parametrize("arch, shape", [("conv", (1, 28, 28)), ("resnet", (3, 16, 16))])
@@ -45,6 +58,9 @@ def test_shapes_and_gradients_reach_the_label_weights_of_the_classes_seen(arch, 
         assert seen.tolist() == [True, True, False, True, False]  # classes 2 and 4 not in y
     planes = model.encoder.features[0].weight.grad[:, shape[0]:]  # (out, class, kh, kw)
     assert (planes.abs().sum((0, 2, 3)) > 0).tolist() == [True, True, False, True, False]
+    for film in model.decoder.film.values():  # every stage's gain and shift, (class, channels)
+        for part in (film.gain, film.shift):
+            assert (part.grad.abs().sum(1) > 0).tolist() == [True, True, False, True, False]
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 

@@ -12,13 +12,15 @@ while each side stays even and at least 4 (28 -> 14 -> 7: two stages; 64 -> ... 
 "resnet" is a wider residual network on the same stages, for colour images.
 
 A conditional VAE (Sohn et al. 2015) takes the label y as a one-hot vector in both halves
-(q(z|x, y), p(x|z, y)); the prior stays N(0, I). The decoder's first layer reads [z, y]. The
-encoder sees y twice: as one constant input plane per class beside the image, and appended to
-the flattened features before mu and log sigma^2. The planes are there so that the convolutions
-can describe the image relative to its class, which leaves z with the style: with y after the
-convolutions alone, z still carried part of the class, and the samples of a class drawn from
-the prior followed their label 86% of the time against 94% with the planes (bench/conditional.py,
-10 epochs each; the README has the measurements). With no classes the layers are exactly the
+(q(z|x, y), p(x|z, y)); the prior stays N(0, I). The encoder sees y twice: as one constant input
+plane per class beside the image, and appended to the flattened features before mu and
+log sigma^2. The decoder's first layer reads [z, y], and y then scales and shifts the channels
+of every hidden stage (FiLM, Perez et al. 2018), starting as the identity. The planes let the
+convolutions describe the image relative to its class, which leaves z with the style; FiLM keeps
+the class in charge where z is far from the codes of the training images. Measured by
+bench/conditional.py (10 epochs each; the README has the table): the samples of a class drawn
+from the prior followed their label 86% of the time with y after the convolutions alone, 94.6%
+with the planes, 95.5% with the planes and FiLM. With no classes the layers are exactly the
 unconditional ones.
 """
 
@@ -92,17 +94,50 @@ class Decoder(nn.Module):
         count = check_shape(shape, "conv")
         widths = _widths(count, 32)
         hidden = (widths[-1], shape[1] >> count, shape[2] >> count)
+        # FiLM modulates each hidden stage's pre-activation: {index of its layer: channels}
         layers: list[nn.Module] = [nn.Linear(latent_dim + classes,
                                              hidden[0] * hidden[1] * hidden[2]),
-                                   nn.ReLU(), nn.Unflatten(1, hidden)]
+                                   nn.Unflatten(1, hidden)]
+        modulated = {1: hidden[0]}
         for wide, narrow in zip(widths[:0:-1], widths[-2::-1]):
-            layers += [nn.ConvTranspose2d(wide, narrow, kernel_size=4, stride=2, padding=1),
-                       nn.ReLU()]
-        layers.append(nn.ConvTranspose2d(widths[0], outputs, kernel_size=4, stride=2, padding=1))
+            layers += [nn.ReLU(), nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1)]
+            modulated[len(layers) - 1] = narrow
+        layers += [nn.ReLU(), nn.ConvTranspose2d(widths[0], outputs, 4, stride=2, padding=1)]
         self.net = nn.Sequential(*layers)
+        self.film = class_films(modulated, classes)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(z if y is None else torch.cat([z, y.to(z.dtype)], 1))
+        if y is None:
+            return self.net(z)
+        h = torch.cat([z, y.to(z.dtype)], 1)
+        for index, layer in enumerate(self.net):
+            h = layer(h)
+            if str(index) in self.film:
+                h = self.film[str(index)](h, y)
+        return h
+
+
+class ClassFiLM(nn.Module):
+    """h * (1 + gain(y)) + shift(y), per channel: the label's feature-wise modulation (FiLM).
+    Both start at zero, so a new conditional decoder starts as if the stage were unmodulated."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        # (classes, channels): a row per class; zeros drawn from no random stream
+        self.gain = nn.Parameter(torch.zeros(classes, channels))
+        self.shift = nn.Parameter(torch.zeros(classes, channels))
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = y.to(h.dtype)
+        gain, shift = y @ self.gain.to(h.dtype), y @ self.shift.to(h.dtype)
+        return h * (1 + gain[:, :, None, None]) + shift[:, :, None, None]
+
+
+def class_films(modulated: dict[int, int], classes: int) -> nn.ModuleDict:
+    """A ClassFiLM after each decoder layer named in `modulated` ({index: channels}), keyed by
+    that index; none without classes, so an unconditional decoder is exactly the seed's."""
+    return nn.ModuleDict({str(index): ClassFiLM(channels, classes)
+                          for index, channels in modulated.items() if classes})
 
 
 class ResidualBlock(nn.Module):
@@ -151,12 +186,15 @@ class ResNetDecoder(nn.Module):
         layers: list[nn.Module] = [nn.Linear(latent_dim + classes,
                                              hidden[0] * hidden[1] * hidden[2]),
                                    nn.Unflatten(1, hidden), ResidualBlock(widths[-1])]
+        modulated = {2: widths[-1]}  # FiLM after every residual block
         for wide, narrow in zip(widths[::-1], widths[-2::-1]):
             layers += [nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1),
                        ResidualBlock(narrow)]
+            modulated[len(layers) - 1] = narrow
         layers += [nn.GroupNorm(8, widths[0]), nn.SiLU(), nn.Conv2d(widths[0], outputs, 3,
                                                                     padding=1)]
         self.net = nn.Sequential(*layers)
+        self.film = class_films(modulated, classes)
 
     forward = Decoder.forward
 
