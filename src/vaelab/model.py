@@ -16,12 +16,12 @@ A conditional VAE (Sohn et al. 2015) takes the label y as a one-hot vector in bo
 plane per class beside the image, and appended to the flattened features before mu and
 log sigma^2. The decoder's first layer reads [z, y], and y then scales and shifts the channels
 of every hidden stage (FiLM, Perez et al. 2018), starting as the identity. The planes let the
-convolutions describe the image relative to its class, which leaves z with the style; FiLM keeps
-the class in charge where z is far from the codes of the training images. Measured by
-bench/conditional.py (10 epochs each; the README has the table): the samples of a class drawn
-from the prior followed their label 86% of the time with y after the convolutions alone, 94.6%
-with the planes, 95.5% with the planes and FiLM. With no classes the layers are exactly the
-unconditional ones.
+convolutions describe the image relative to its class, which leaves z with the style; FiLM lets
+the label scale the decoder's features, not only add to them. Measured by bench/conditional.py
+(10 epochs, training seed 0; the README has the tables): the samples of a class drawn from the
+prior followed their label 86% of the time with y after the convolutions alone, 94.6% with the
+planes, 95.5% with the planes and FiLM (94.8% and 95.4% on average over three training seeds).
+With no classes the layers are exactly the unconditional ones.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ class ClassFiLM(nn.Module):
 
     def __init__(self, channels: int, classes: int):
         super().__init__()
-        # (classes, channels): a row per class; zeros drawn from no random stream
+        # (classes, channels), a row per class. Zeros, not a random draw: building the model
+        # takes the same random numbers as without FiLM.
         self.gain = nn.Parameter(torch.zeros(classes, channels))
         self.shift = nn.Parameter(torch.zeros(classes, channels))
 
