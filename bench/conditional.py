@@ -64,6 +64,19 @@ def train_classifier(epochs: int, seed: int) -> tuple[nn.Module, float]:
     return model.eval(), (predict(model, to_float(test.images)) == test.labels).double().mean()
 
 
+def print_misses(asked: torch.Tensor, drawn: torch.Tensor, z: torch.Tensor) -> None:
+    """The commonest confusions, and how the hits fall off with |z|: the quarters of the
+    draws by their distance from the prior's centre."""
+    pairs = torch.stack([asked, drawn], 1)[asked != drawn]
+    kinds, counts = pairs.unique(dim=0, return_counts=True)
+    top = counts.argsort(descending=True)[:6]
+    print("\ncommonest misses (asked -> classified as: count): " + ", ".join(
+        f"{kinds[i, 0]} -> {kinds[i, 1]}: {counts[i]}" for i in top))
+    quarters = torch.bucketize(z.norm(dim=1), z.norm(dim=1).quantile(torch.tensor([.25, .5, .75])))
+    print("classified as asked, by quarter of |z| from the nearest the origin: " + ", ".join(
+        f"{100 * (drawn == asked)[quarters == q].double().mean():.1f}%" for q in range(4)))
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(part).argmax(1) for part in images.split(1000)])
@@ -105,6 +118,7 @@ def main() -> None:
         print(f"| {label} | {100 * hit:.1f}% | {100 * share:.1f}% |")
     print(f"| all | **{100 * (drawn == asked).double().mean():.1f}%** of {len(asked):,} | "
           f"{len(free):,} samples (an even cover is 10.0% each) |")
+    print_misses(asked, drawn, z)
 
     figures = Path(args.figures)
     val = validation_of(conditional)

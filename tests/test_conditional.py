@@ -43,6 +43,24 @@ def test_a_new_conditional_decoder_starts_unmodulated():
     assert torch.equal(drawn, drawn[:1].expand_as(drawn))
 
 
+@pytest.mark.parametrize("arch, shape, stages", [("conv", (1, 28, 28), 2),
+                                                 ("resnet", (3, 16, 16), 3)])
+def test_each_stages_modulation_changes_its_own_class_alone(arch, shape, stages):
+    # One FiLM per hidden decoder stage. A gain and shift given to class 2 at any one stage
+    # change every image decoded as a 2, and no image of another class.
+    torch.manual_seed(0)
+    model = VAE(3, shape, arch, classes=4)
+    assert len(model.decoder.film) == stages
+    z, y = torch.randn(5, 3).repeat(4, 1), torch.arange(4).repeat_interleave(5)
+    with torch.no_grad():
+        before = model.decode(z, y).view(4, 5, -1)
+        for film in model.decoder.film.values():
+            film.gain[2], film.shift[2] = 0.5, 0.1
+            changed = (model.decode(z, y).view(4, 5, -1) != before).any(2)
+            film.gain[2], film.shift[2] = 0.0, 0.0
+            assert changed.tolist() == [[False] * 5, [False] * 5, [True] * 5, [False] * 5]
+
+
 @pytest.mark.parametrize("arch, shape", [("conv", (1, 28, 28)), ("resnet", (3, 16, 16))])
 def test_shapes_and_gradients_reach_the_label_weights_of_the_classes_seen(arch, shape):
     torch.manual_seed(0)

@@ -137,8 +137,10 @@ class ClassFiLM(nn.Module):
 def class_films(modulated: dict[int, int], classes: int) -> nn.ModuleDict:
     """A ClassFiLM after each decoder layer named in `modulated` ({index: channels}), keyed by
     that index; none without classes, so an unconditional decoder is exactly the seed's."""
+    if not classes:
+        return nn.ModuleDict()
     return nn.ModuleDict({str(index): ClassFiLM(channels, classes)
-                          for index, channels in modulated.items() if classes})
+                          for index, channels in modulated.items()})
 
 
 class ResidualBlock(nn.Module):
