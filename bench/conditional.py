@@ -72,7 +72,8 @@ def print_misses(asked: torch.Tensor, drawn: torch.Tensor, z: torch.Tensor) -> N
     top = counts.argsort(descending=True)[:6]
     print("\ncommonest misses (asked -> classified as: count): " + ", ".join(
         f"{kinds[i, 0]} -> {kinds[i, 1]}: {counts[i]}" for i in top))
-    quarters = torch.bucketize(z.norm(dim=1), z.norm(dim=1).quantile(torch.tensor([.25, .5, .75])))
+    distance = z.norm(dim=1)
+    quarters = torch.bucketize(distance, distance.quantile(torch.tensor([0.25, 0.5, 0.75])))
     print("classified as asked, by quarter of |z| from the nearest the origin: " + ", ".join(
         f"{100 * (drawn == asked)[quarters == q].double().mean():.1f}%" for q in range(4)))
 
