@@ -4,7 +4,7 @@ VENV ?= .venv
 RUN ?= runs/seed-defaults
 BIN := $(VENV)/bin
 
-.PHONY: train test test-cpus test-slow notebook clean
+.PHONY: train test test-cpus test-slow notebook docs clean
 
 # The venv is rebuilt when pyproject.toml changes; a stamp per extra avoids reinstalling.
 $(VENV)/.installed-core: pyproject.toml
@@ -15,6 +15,11 @@ $(VENV)/.installed-core: pyproject.toml
 $(VENV)/.installed-test: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-core $(VENV)/.installed-docs
+
+$(VENV)/.installed-docs: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[docs]'
 	touch $@ $(VENV)/.installed-core
 
 # Train at the seed's defaults into $(RUN); if that run exists, continue it (a finished
@@ -53,8 +58,14 @@ notebook: $(VENV)/.installed-test
 	@$(BIN)/python -c "import nbconvert" 2>/dev/null || $(BIN)/pip install --quiet 'nbconvert>=7'
 	$(BIN)/python scripts/run_notebook.py
 
+# The documentation site (mkdocs.yml) into site/. --strict: a broken link, a missing page or an
+# unresolved reference fails the build. `make test` builds it too and checks it in Chromium.
+# (The variables silence a notice about MkDocs 2 that a plugin prints on every build.)
+docs: $(VENV)/.installed-docs
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis site
 
 .PHONY: mutation
 # Mutation testing (mutmut, [tool.mutmut] in pyproject.toml) of losses/evaluate/config/data.

@@ -1,8 +1,9 @@
 """Test-set log-likelihood under the binarized-MNIST protocol, beside the literature.
 
 Trains (or reuses, or extends) one run per recipe below, evaluates each with the
-importance-weighted estimator, and prints a Markdown table. The README's table, one recipe per
-core side by side, then the table from both (reusing their runs and evaluations):
+importance-weighted estimator, and prints a Markdown table, kept in
+bench/results/likelihood.json. The published table: one recipe per core side by side, then the
+table from both (reusing their runs and evaluations):
 
     export VAELAB_DATA_DIR=../shared/data OMP_NUM_THREADS=1
     taskset -c 0 python bench/likelihood.py --epochs 100 --iw-samples 1000 --recipes "VAE (ELBO)" &
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -26,6 +26,8 @@ import torch
 import vaelab
 from vaelab.checkpoint import load_checkpoint
 from vaelab.evaluate import write_evaluation
+
+from record import Record
 
 # name -> Config changes. All: dynamic binarization (resampled every batch), KL warm-up.
 RECIPES = {
@@ -79,12 +81,15 @@ def main() -> None:
     parser.add_argument("--iw-samples", type=int, default=5000)
     parser.add_argument("--limit", type=int, help="evaluate the first N test images only")
     parser.add_argument("--recipes", nargs="*", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--json", help="where the results go (default bench/results/"
+                                       "likelihood.json)")
     args = parser.parse_args()
     if len(args.epochs) not in (1, len(args.recipes)):
         parser.error("give one --epochs for all recipes or one per recipe")
     epochs = dict(zip(args.recipes, args.epochs * len(args.recipes) if len(args.epochs) == 1
                       else args.epochs))
 
+    record = Record("likelihood", __doc__)
     rows = []
     for name in args.recipes:
         run = Path(args.runs) / name.lower().replace(" ", "-").replace("(", "").replace(")", "")
@@ -94,26 +99,25 @@ def main() -> None:
         result = evaluate_or_reuse(run, args.iw_samples, args.limit)
         metrics = vaelab.load_run(run).metrics
         train_minutes = sum(row["epoch_seconds"] for row in metrics) / 60
+        record.number(name, {key: result[key] for key in (
+            "nll", "nll_stderr", "neg_elbo", "neg_elbo_stderr", "active_units", "latent_dim",
+            "images", "iw_samples", "epoch", "effective_samples_median")})
         rows.append([f"vaelab conv VAE, {name}", name.split(" (")[0] if "IWAE" in name else "ELBO",
-                     f"{len(metrics)} (best {result['epoch']})", str(result["images"]),
+                     f"{len(metrics)} (best {result['epoch']})", f"{result['images']:,}",
                      f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}",
                      f"{result['neg_elbo']:.2f} ± {result['neg_elbo_stderr']:.2f}",
                      f"{result['active_units']}/{result['latent_dim']}",
                      f"{train_minutes:.0f} min train, {result['seconds'] / 60:.0f} min eval"])
-        print(f"{name}: done in {time.perf_counter() - started:.0f} s", flush=True)
+        record.say(f"{name}: done in {time.perf_counter() - started:.0f} s")
 
-    print(f"\nDynamically binarized MNIST, test NLL = -log p(x) in nats (K = {args.iw_samples} "
-          f"importance samples; ± one standard error across images). Machine: "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}.\n")
-    header = ["model", "objective", "epochs", "test images", "NLL (nats)", "-ELBO",
-              "active units", "wall time"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    for model, objective, epochs, images, nll in REFERENCES:
-        print(f"| {model} | {objective} | {epochs} | {images} | {nll:.2f} | | | |")
+    rows += [[model, objective, epochs, images, f"{nll:.2f}", "", "", ""]
+             for model, objective, epochs, images, nll in REFERENCES]
+    record.table(["model", "objective", "epochs", "test images", "NLL (nats)", "-ELBO",
+                  "active units", "wall time"], rows,
+                 f"Dynamically binarized MNIST, test NLL = -log p(x) in nats (K = "
+                 f"{args.iw_samples} importance samples; ± one standard error across images); "
+                 f"{torch.get_num_threads()} threads, torch {torch.__version__}.")
+    record.save(args.json)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@ per dimension beside the published 8-bit MNIST figures.
 
 Trains (or reuses) one run per likelihood on the PNG folder of scripts/mnist_to_images.py,
 evaluates each with the importance-weighted estimator (K samples per test image) and prints
-a Markdown table. The issue's protocol is K = 1000 on all 10,000 test images:
+a Markdown table. The protocol is K = 1000 on all 10,000 test images:
 
     python scripts/mnist_to_images.py data/mnist-png
     python bench/likelihood8.py --epochs 10 --iw-samples 1000
 
-The README's table is the issue's protocol (10 epochs, a 3-component mixture, K = 1000 on
-all 10,000 test images), on a 2-core CPU, one likelihood after the other:
+The published table (bench/results/likelihood8.json) is that protocol with a 3-component
+mixture, one likelihood after the other:
 
     python bench/likelihood8.py --epochs 10 --components 3 --iw-samples 1000 \
         --likelihoods logistic-mixture logistic bernoulli
@@ -25,17 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 import vaelab
+from vaelab import plots, report
 from vaelab.checkpoint import load_checkpoint
 from vaelab.evaluate import evaluate_run, write_evaluation
 from vaelab.likelihoods import EIGHT_BIT
 from vaelab.runs import validation_of
+
+from record import Record
 
 LIKELIHOODS = ("bernoulli", "logistic", "logistic-mixture")
 
@@ -105,6 +107,23 @@ def row(name: str, config: vaelab.Config, result: dict, metrics: list[dict]) -> 
             f"{train_minutes:.1f} min train, {result['seconds'] / 60:.1f} min eval"]
 
 
+def save_figures(run_dir: Path, name: str, args: argparse.Namespace) -> list[Path]:
+    """The run's prior samples and reconstructions, as the mean E[x|z] and, for the discrete
+    likelihoods, as a draw of the pixels: into --figures, named after the data and likelihood."""
+    run = vaelab.load_run(run_dir)
+    val = validation_of(run, data=args.data)
+    stem = Path(args.figures) / f"{Path(args.data).name}-{name}"
+    draws = (False, True) if name in EIGHT_BIT else (False,)
+    saved = []
+    for pixels in draws:
+        shown = "pixels" if pixels else "mean"
+        saved.append(plots.save(report.figure_samples(run, 36, pixels=pixels),
+                                f"{stem}-samples-{shown}.png"))
+        saved.append(plots.save(report.figure_reconstructions(run, val, 12, pixels=pixels),
+                                f"{stem}-reconstructions-{shown}.png"))
+    return saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data/mnist-png", help="the PNG folder of MNIST")
@@ -120,8 +139,13 @@ def main() -> None:
                         help="evaluate N test images evenly spaced through the test set "
                              "instead (every class; a folder's first N are sorted by class)")
     parser.add_argument("--likelihoods", nargs="*", choices=LIKELIHOODS, default=LIKELIHOODS)
+    parser.add_argument("--figures", default="docs/figures/likelihood8",
+                        help="folder for the samples and reconstructions")
+    parser.add_argument("--json", help="where the results go (default bench/results/"
+                                       "likelihood8.json)")
     args = parser.parse_args()
 
+    record = Record("likelihood8", __doc__)
     rows = []
     for name in args.likelihoods:
         run = Path(args.runs) / name
@@ -132,20 +156,22 @@ def main() -> None:
         result = (evaluate_spread(run, args.iw_samples, args.spread, args.data) if args.spread
                   else evaluate_or_reuse(run, args.iw_samples, args.limit, args.data))
         rows.append(row(name, config, result, vaelab.load_run(run).metrics))
-        print(f"{name}: done in {time.perf_counter() - started:.0f} s", flush=True)
+        for figure in save_figures(run, name, args):
+            record.figure(figure)
+        record.number(name, {key: result[key] for key in (
+            "nll", "nll_stderr", "nll_bits_per_dim", "nll_bits_per_dim_stderr", "neg_elbo",
+            "neg_elbo_bits_per_dim", "active_units", "latent_dim", "images", "iw_samples",
+            "epoch", "effective_samples_median")})
+        record.say(f"{name}: done in {time.perf_counter() - started:.0f} s")
 
-    print(f"\nMNIST as 8-bit images (the PNG folder), test -log p(x) (IW, K = {args.iw_samples}; "
-          f"± one standard error across images). Machine: "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}.\n")
-    header = ["model", "epochs", "test images", "NLL bits/dim", "-ELBO bits/dim",
-              "-ELBO bits/dim, all 10,000", "NLL nats/image", "active units", "wall time"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for cells in rows:
-        print("| " + " | ".join(cells) + " |")
-    for model, bits in REFERENCES:
-        print(f"| {model} | | 10,000 | {bits:.2f} | | | | | |")
+    rows += [[model, "", "10,000", f"{bits:.2f}", "", "", "", "", ""]
+             for model, bits in REFERENCES]
+    record.table(["model", "epochs", "test images", "NLL bits/dim", "-ELBO bits/dim",
+                  "-ELBO bits/dim, all 10,000", "NLL nats/image", "active units", "wall time"],
+                 rows, f"{args.data} as 8-bit images, test -log p(x) (IW, K = "
+                       f"{args.iw_samples}; ± one standard error across images); "
+                       f"{torch.get_num_threads()} threads, torch {torch.__version__}.")
+    record.save(args.json)
 
 
 if __name__ == "__main__":
