@@ -2,7 +2,7 @@
 
 Times, on the run's own device under inference mode, the decode alone and the whole slider
 handler (slider values -> z -> decoded 224x224 image + the marked latent map), then, with
---screenshot, serves the app and saves a picture of it from headless Chromium (the README's).
+--screenshot, serves the app and saves a picture of it from headless Chromium (the manual's).
 
     VAELAB_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python bench/explore.py \
         runs/seed-defaults --screenshot docs/figures/explore.png
@@ -11,7 +11,6 @@ handler (slider values -> z -> decoded 224x224 image + the marked latent map), t
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -20,6 +19,8 @@ import torch
 from vaelab.data import validation_split
 from vaelab.explore import Explorer
 from vaelab.runs import load_run
+
+from record import Record
 
 
 def milliseconds(action, repeats: int) -> tuple[float, float]:
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--screenshot", metavar="PNG", help="also save a picture of the app")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--json", help="where the results go (default bench/results/"
+                                       "explore.json)")
     args = parser.parse_args()
 
     run = load_run(args.run, device=None)  # the device the run trained on
@@ -73,19 +76,26 @@ def main() -> None:
     moved = [values[0] + 1.0, *values[1:]]
 
     device = next(run.model.parameters()).device
-    print(f"{args.run}: {device} ({platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads), explorer set up in {setup:.2f} s\n")
-    print("| step | median (ms) | 95th percentile (ms) |\n|---|---:|---:|")
+    record = Record("explore", __doc__)
+    record.number("setup seconds", setup)
+    rows = [[f"set up: encode the {len(explorer.codes):,} validation images, PCA, draw the map",
+             f"{setup * 1000:.0f}", ""]]
     for name, action in (("decode z -> 224x224 image", lambda: explorer.decode(base)),
                          ("slider handler: z, image, marked map",
                           lambda: explorer.at_sliders(moved, base)),
                          ("interpolation: point + 10-step strip",
                           lambda: explorer.interpolate(0, 1, 0.3, 10, False))):
         median, p95 = milliseconds(action, args.repeats)
-        print(f"| {name} | {median:.2f} | {p95:.2f} |")
+        record.number(name, {"median ms": median, "95th percentile ms": p95})
+        rows.append([name, f"{median:.2f}", f"{p95:.2f}"])
+    record.table(["step", "median (ms)", "95th percentile (ms)"], rows,
+                 f"{args.run} on {device}, {torch.get_num_threads()} threads, {args.repeats} "
+                 "timed calls per step after a warm-up. The model's side only: Gradio's PNG "
+                 "encoding and the browser's round trip come on top.")
     if args.screenshot:
         screenshot(explorer, args.screenshot, args.chromium)
-        print(f"\nscreenshot: {args.screenshot}")
+        record.figure(args.screenshot)
+    record.save(args.json)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, for a machine with CUDA (how the README's GPU figures were made):
+# The GPU checks in one go, for a machine with CUDA:
 # a CUDA smoke test (train, resume, evaluate, a figure) and the speed bench's three rows.
 # Needs torch, torchvision, matplotlib, numpy, tqdm and pillow there, and MNIST under
 # $VAELAB_DATA_DIR. Results go to $OUT (default /tmp/vaelab-gpu-check).
@@ -17,4 +17,4 @@ time python3 -m vaelab train --out "$run" --epochs 2 --device cuda --quiet
 time python3 -m vaelab train --resume "$run" --epochs 3 --quiet
 time python3 -m vaelab evaluate "$run" --iw-samples 1000 --limit 2000 --quiet
 python3 -m vaelab sample "$run" --out "$out"
-time python3 bench/speed.py --max-epochs 10 | tee "$out/speed.md"
+time python3 bench/speed.py --max-epochs 10 --json "$out/speed-gpu.json"  # -> bench/results/

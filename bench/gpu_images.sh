@@ -15,7 +15,7 @@ export VAELAB_CACHE_DIR="$work/cache"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision; print('torch', torch.__version__, torchvision.__version__, torch.cuda.get_device_name())"
 python3 bench/images.py --out "$work/bench" --limit-train 20000 --limit-val 2000 --epochs 2 \
-    --device cuda | tee "$out/images.md"
+    --device cuda --json "$out/images-gpu.json"  # -> bench/results/
 python3 scripts/mnist_to_images.py "$work/cjpg" --colour --format jpg --sizes 28,36,44 \
     --limit-train 10000 --limit-val 1000
 time python3 -m vaelab train --data "$work/cjpg" --image-size 32 --channels 3 --arch resnet \

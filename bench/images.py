@@ -12,7 +12,7 @@ its own):
                  decodes every file every epoch; each epoch also evaluates val/ with the same
                  batch as vaelab's validation pass, under inference_mode, as vaelab's epoch does.
 
-Seconds per epoch are training plus validation. The issue's target: once the cache is filled,
+Seconds per epoch are training plus validation. The aim: once the cache is filled,
 vaelab takes at most half the peers' time per epoch (ratio <= 0.5). Torch's default threads are
 used by every row (DataLoader workers run one thread each, as torch sets them). Prints a
 Markdown table. The full run, and a quicker one:
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from record import Record
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mnist_to_images.py"
 DATASETS = {"mnist-png": [], "colour-png": ["--colour"]}  # name -> the script's extra flags
@@ -186,19 +187,9 @@ def summarize(result: dict) -> dict:
             "val_loss": epochs[-1]["val_loss"]}
 
 
-def print_table(results: dict, args: argparse.Namespace, folders: str) -> None:
+def report(record: Record, results: dict, args: argparse.Namespace) -> None:
     threads = {r["threads"] for rows in results.values() for r in rows.values()}
-    load = os.getloadavg()[0]  # other processes on the cores make every figure unreliable
-    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-          f"(load average {args.load_before:.1f} before the rows, {load:.1f} after), "
-          f"torch {torch.__version__} (default threads: {', '.join(map(str, sorted(threads)))}"
-          f"; DataLoader workers: {WORKERS}, one thread each). Device {args.device}, precision "
-          f"{args.precision}, "
-          f"batch {args.batch_size}, "
-          f"{args.epochs} epoch(s) timed per row; an epoch = training + validation. {folders}\n")
-    header = ["dataset", "row", "images (train+val)", "load s", "decode img/s", "s/epoch",
-              "of which training", "val loss", "peak RSS MB", "s/epoch vs peers"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    rows_out = []
     for name, rows in results.items():
         peers = rows.get("peers")
         for row, r in rows.items():
@@ -212,15 +203,22 @@ def print_table(results: dict, args: argparse.Namespace, folders: str) -> None:
                     "counted in each)"
             ratio = f"{r['per_epoch'] / peers['per_epoch']:.2f}" if peers and row != "peers" \
                 else ""
-            print(f"| {name} ({shape}) | {row} | {r['images']:,} | {r['load_seconds']:.2f} "
-                  f"({load}) | {decode} | {r['per_epoch']:.2f} | {r['train_part']:.2f} | "
-                  f"{r['val_loss']:.2f} | {memory} | {ratio} |")
+            record.number(f"{name} {row}", {key: r[key] for key in (
+                "images", "load_seconds", "per_epoch", "train_part", "val_loss", "peak_mb")})
+            rows_out.append([f"{name} ({shape})", row, f"{r['images']:,}",
+                             f"{r['load_seconds']:.2f} ({load})", decode, f"{r['per_epoch']:.2f}",
+                             f"{r['train_part']:.2f}", f"{r['val_loss']:.2f}", memory, ratio])
+    record.table(["dataset", "row", "images (train+val)", "load s", "decode img/s", "s/epoch",
+                  "of which training", "val loss", "peak RSS MB", "s/epoch vs peers"], rows_out,
+                 f"Default threads: {', '.join(map(str, sorted(threads)))}; DataLoader "
+                 f"workers: {WORKERS}, one thread each. Device {args.device}, precision "
+                 f"{args.precision}, batch {args.batch_size}, {args.epochs} epoch(s) timed per "
+                 "row; an epoch = training + validation.")
     for name, rows in results.items():
         if "vaelab-cached" in rows and "peers" in rows:
             ratio = rows["vaelab-cached"]["per_epoch"] / rows["peers"]["per_epoch"]
-            verdict = "met" if ratio <= 0.5 else "NOT met"
-            print(f"\n{name}: vaelab (cached) / peers time per epoch = {ratio:.2f}; "
-                  f"target <= 0.5 {verdict}.")
+            record.number(f"{name}: vaelab cached / peers time per epoch", ratio)
+            record.say(f"{name}: vaelab (cached) / peers time per epoch = {ratio:.2f}.")
 
 
 def main() -> None:
@@ -232,14 +230,15 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, help="training images (default: all 60,000)")
     parser.add_argument("--limit-val", type=int, help="validation images (default: all 10,000)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed per row")
-    parser.add_argument("--batch-size", type=int, default=64, help="the seed's: 64")
+    parser.add_argument("--batch-size", type=int, default=64, help="the reference: 64")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: both pipelines")
     parser.add_argument("--precision", choices=("fp32", "auto"), default="fp32",
-                        help="both pipelines' model: fp32 (the seed's) or auto (bf16 autocast "
+                        help="both pipelines' model: fp32 (the reference) or auto (bf16 autocast "
                              "on a CPU that computes it natively, as --recipe fast)")
     parser.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # internal: one row
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="where the results go (default bench/results/images.json)")
     args = parser.parse_args()
     if args.row:
         print(json.dumps(run_row(args)))
@@ -260,7 +259,7 @@ def main() -> None:
         f"{time.perf_counter() - tick:.1f} s."
     print(made, file=sys.stderr)
 
-    args.load_before, results = os.getloadavg()[0], {}
+    record, results = Record("images", __doc__), {}
     for name, folder in folders.items():
         results[name] = {}
         for row in ROWS:
@@ -269,7 +268,8 @@ def main() -> None:
             print(f"{name} {row}: load {result['load_seconds']:.2f} s, "
                   f"{result['per_epoch']:.2f} s/epoch, peak {result['peak_mb']:.0f} MB",
                   file=sys.stderr, flush=True)
-    print_table(results, args, made)
+    report(record, results, args)
+    record.save(args.json)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from record import Record
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("train_loss", "val_loss", "train_recon", "train_kl", "val_recon", "val_kl")
@@ -62,6 +61,7 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, help="fewer training images (quick look)")
     parser.add_argument("--limit-val", type=int, help="fewer validation images")
     parser.add_argument("--repeats", type=int, default=1, help="runs per row; the fastest counts")
+    parser.add_argument("--json", help="where the results go (default bench/results/scale.json)")
     options = parser.parse_args()
     args = ["--epochs", str(options.epochs), "--device", "cpu"]
     for flag in ("limit_train", "limit_val"):
@@ -76,18 +76,22 @@ def main() -> None:
                     results[name] = result
     reference = next(iter(results.values()))
     images, val = options.limit_train or 60_000, options.limit_val or 10_000
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}; {options.epochs} epochs of {images} images, batch 64, "
-          f"{val} validation images, "
-          f"fastest of {options.repeats}\n")
-    print("| launch | images/s | s/epoch | wall s (start-up included) | val_loss, last epoch "
-          "| largest metric gap vs row 1 |")
-    print("|---|---:|---:|---:|---:|---:|")
+    record = Record("scale", __doc__)
+    rows = []
     for name, result in results.items():
-        print(f"| {name} | {images * options.epochs / result['train_seconds']:,.0f} | "
-              f"{result['epoch_seconds']:.1f} | {result['wall']:.1f} | "
-              f"{result['rows'][-1]['val_loss']:.4f} | "
-              f"{largest_gap(result['rows'], reference['rows']):.1e} |")
+        speed = images * options.epochs / result["train_seconds"]
+        gap = largest_gap(result["rows"], reference["rows"])
+        record.number(name, {"images per second": speed, "seconds per epoch":
+                             result["epoch_seconds"], "wall seconds": result["wall"],
+                             "largest metric gap": gap})
+        rows.append([name, f"{speed:,.0f}", f"{result['epoch_seconds']:.1f}",
+                     f"{result['wall']:.1f}", f"{result['rows'][-1]['val_loss']:.4f}",
+                     f"{gap:.1e}"])
+    record.table(["launch", "images/s", "s/epoch", "wall s (start-up included)",
+                  "val_loss, last epoch", "largest metric gap vs row 1"], rows,
+                 f"{options.epochs} epochs of {images:,} images, batch 64, {val:,} validation "
+                 f"images; each row the fastest of {options.repeats}.")
+    record.save(options.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Training speed, side by side on one machine: a seed-style loop, vaelab's defaults, its
-`fast` recipe. Each row trains until the validation loss reaches the seed's final figure
-(103.04 nats per image = 6563.28 in the seed's per-batch convention) and reports throughput,
+"""Training speed, side by side on one machine: the reference notebook's loop, vaelab's
+defaults, its `fast` recipe. Each row trains until the validation loss reaches the notebook's
+final figure (103.04 nats per image = 6563.28 in its per-batch convention) and reports throughput,
 seconds per epoch, peak memory and the time to that target. Each row runs in its own process,
 so its peak memory is its own. Prints a Markdown table.
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -23,10 +22,12 @@ from pathlib import Path
 
 import torch
 
-TARGET = 103.04  # the seed's epoch-10 validation loss, in nats per image
+from record import Record
+
+TARGET = 103.04  # the reference notebook's epoch-10 validation loss, in nats per image
 ROWS = {
-    "a": "(a) seed-style loop: torchvision MNIST + DataLoader + ToTensor, sigmoid + BCE",
-    "b": "(b) vaelab, seed defaults",
+    "a": "(a) the notebook's loop: torchvision MNIST + DataLoader + ToTensor, sigmoid + BCE",
+    "b": "(b) vaelab, reference settings",
     "c": "(c) vaelab --recipe fast",
 }
 
@@ -39,8 +40,8 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def seed_style_loop(data_dir: Path, max_epochs: int) -> dict:
-    """What the seed's notebook does, with vaelab's model so only the loop differs (on the GPU
+def notebook_loop(data_dir: Path, max_epochs: int) -> dict:
+    """What the reference notebook does, with vaelab's model so only the loop differs (on the GPU
     when there is one, as pytorch/examples' vae does)."""
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -129,7 +130,7 @@ def iw_throughput(model) -> float:
 
 
 def profile(steps: int = 200) -> None:
-    """Where the time of 200 training steps at the seed's defaults goes (with the data loading
+    """Where the time of 200 training steps at the reference settings goes (with the data loading
     and a 64-image validation around them): torch.profiler's top ops."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
@@ -144,7 +145,7 @@ def profile(steps: int = 200) -> None:
 
 def run_row(row: str, max_epochs: int) -> dict:
     data_dir = Path(os.environ.get("VAELAB_DATA_DIR", "data"))
-    result = seed_style_loop(data_dir, max_epochs) if row == "a" else \
+    result = notebook_loop(data_dir, max_epochs) if row == "a" else \
         vaelab_run("seed" if row == "b" else "fast", max_epochs)
     return {**result, "peak_mb": peak_memory_mb()}
 
@@ -169,6 +170,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile 200 training steps and print the top ops")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
+    parser.add_argument("--json", help="where the results go (default bench/results/speed.json)")
     args = parser.parse_args()
     if args.profile:
         return profile()
@@ -178,6 +180,7 @@ def main() -> None:
         print(json.dumps(run_row(args.row, args.max_epochs)))
         return
 
+    record = Record("speed", __doc__)
     results = {}
     for row in args.rows:
         done = subprocess.run([sys.executable, __file__, "--row", row, "--max-epochs",
@@ -185,19 +188,22 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"row {row} failed:\n{done.stderr}")
         results[row] = summarize(row, json.loads(done.stdout.strip().splitlines()[-1]))
+        record.number(ROWS[row], results[row])
         print(f"{ROWS[row]}: {results[row]}", file=sys.stderr, flush=True)
-    print_table(results)
+    record.table(["run", "train img/s", "eval img/s", "s/epoch", "peak RSS (MB)",
+                  "IW eval (img x samples/s)", "epochs run", "time to target (s)", "vs (a)"],
+                 table_rows(results),
+                 f"{torch.get_num_threads()} threads, "
+                 f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}. "
+                 f"Target: val_loss <= {TARGET} nats per image. \"vs (a)\" is the ratio to the "
+                 "first row in the same run; s/epoch includes validation; the time to target "
+                 "counts everything from the start of the run.")
+    record.save(args.json)
 
 
-def print_table(results: dict) -> None:
+def table_rows(results: dict) -> list[list[str]]:
     base = results.get("a")
-    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}. "
-          f"Target: val_loss <= {TARGET} nats per image.\n")
-    header = ["run", "train img/s", "eval img/s", "s/epoch", "peak RSS (MB)",
-              "IW eval (img x samples/s)", "epochs run", "time to target (s)", "vs (a)"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    rows = []
     for row, r in results.items():
         def ratio(key: str) -> str:
             return f" ({r[key] / base[key]:.2f}x)" if base and row != "a" else ""
@@ -207,9 +213,10 @@ def print_table(results: dict) -> None:
         speedup = f"{base['to_target'] / r['to_target']:.2f}x sooner" \
             if base and base["to_target"] and reached and row != "a" else ""
         iw = f"{r['iw_rate']:,.0f}" if r["iw_rate"] else "—"
-        print(f"| {ROWS[row]} | {r['train_rate']:,.0f}{ratio('train_rate')} | "
-              f"{r['eval_rate']:,.0f}{ratio('eval_rate')} | {r['per_epoch']:.1f} | "
-              f"{r['peak_mb']:.0f} | {iw} | {r['epochs']} | {to_target} | {speedup} |")
+        rows.append([ROWS[row], f"{r['train_rate']:,.0f}{ratio('train_rate')}",
+                     f"{r['eval_rate']:,.0f}{ratio('eval_rate')}", f"{r['per_epoch']:.1f}",
+                     f"{r['peak_mb']:.0f}", iw, str(r["epochs"]), to_target, speedup])
+    return rows
 
 
 if __name__ == "__main__":
