@@ -119,12 +119,22 @@ def test_replace_changes_only_the_named_fields():
 def test_recipes_fill_in_what_is_not_set():
     from vaelab.config import RECIPES, from_recipe
 
-    assert from_recipe() == Config() == from_recipe("seed")
+    assert from_recipe() == Config() == from_recipe("reference")
     fast = from_recipe("fast", epochs=5)
     assert fast == Config(**{**RECIPES["fast"], "epochs": 5}) and fast.lr == 1e-2
     with pytest.raises(ConfigError) as caught:
         from_recipe("slow")
-    assert str(caught.value) == "recipe 'slow' is unknown: choose one of seed, fast"
+    assert str(caught.value) == "recipe 'slow' is unknown: choose one of reference, fast"
+
+
+def test_the_old_recipe_name_still_works_with_a_line_naming_the_new_one(caplog):
+    """`--recipe seed` read like `--seed`: it is now `reference`, and the old name says so."""
+    from vaelab.config import from_recipe
+
+    with caplog.at_level("WARNING", logger="vaelab"):
+        assert from_recipe("seed", epochs=3) == Config(epochs=3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--recipe seed is now called --recipe reference; the old name will go"]
 
 
 def test_field_kinds_for_the_cli():

@@ -196,7 +196,7 @@ def test_compile_off_and_auto_on_a_cpu_leave_the_model_alone(monkeypatch, settin
 
 def test_a_recipe_fills_in_what_the_user_did_not_set():
     assert from_recipe("fast") == Config(**RECIPES["fast"])
-    assert from_recipe("fast") != Config() and from_recipe("seed") == from_recipe() == Config()
+    assert from_recipe("fast") != Config() and from_recipe("reference") == from_recipe() == Config()
     mine = from_recipe("fast", lr=0.5, epochs=1, latent_dim=3)
     assert (mine.lr, mine.epochs, mine.latent_dim) == (0.5, 1, 3)
     for name, value in RECIPES["fast"].items():

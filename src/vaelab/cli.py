@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import RECIPES, Config, field_kind, flag_name
+from .config import RECIPES, RENAMED_RECIPES, Config, field_kind, flag_name
 from .errors import TrainingInterrupted, VaelabError
 from .version import __version__
 
@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train a VAE (the seed's defaults) or resume one",
-                                description="Train a VAE; defaults are the seed's.")
+    train = commands.add_parser("train", help="train a VAE (the reference's defaults) or resume "
+                                "one", description="Train a VAE; defaults are the reference "
+                                "notebook's.")
     where = train.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<timestamp>)")
     where.add_argument("--resume", metavar="RUN_DIR",
@@ -75,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true",
                        help="replace a run already in --out (never done silently)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--recipe", choices=tuple(RECIPES),
-                       help=_literal("a named preset; flags you give override it. seed: the "
-                                     "seed's settings; fast: " + ", ".join(
+    train.add_argument("--recipe", choices=(*RECIPES, *RENAMED_RECIPES),
+                       help=_literal("a named preset; flags you give override it. reference: "
+                                     "the reference notebook's settings; fast: " + ", ".join(
                                          f"{k} {v}" for k, v in RECIPES["fast"].items())))
     add_config_flags(train)
     train.set_defaults(handler=run_train)

@@ -1,13 +1,14 @@
 """One typed, validated object holding every setting of a run.
 
-Defaults are the seed's (`../shared/SEED.md`): LATENT_DIM 20, BATCH_SIZE 64,
-LEARNING_RATE 1e-3, NUM_EPOCHS 10. The CLI generates its flags from these fields,
-so a flag and its default can never drift apart.
+Defaults are the reference notebook's (the VAE vaelab reproduces; see the docs' home page):
+LATENT_DIM 20, BATCH_SIZE 64, LEARNING_RATE 1e-3, NUM_EPOCHS 10. The CLI generates its flags
+from these fields, so a flag and its default can never drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import typing
@@ -16,18 +17,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # torch is imported where it is used, so the CLI's help starts at once
     import torch
 
 # Named presets: a recipe fills in the fields the user did not set.
 RECIPES: dict[str, dict[str, Any]] = {
-    "seed": {},  # the seed's own settings, which are the defaults
-    # Reaches the seed's final validation loss soonest (bench/speed.py): the seed's batch with
-    # a 10x peak learning rate, one-cycle annealed over 2 epochs, bf16 on CPUs that compute it
-    # natively. No torch.compile: on an H100 this small model is launch-bound at batch 64, and
-    # compile (and bf16) measured slower per epoch there (bench/gpu_check.sh, README "Speed").
+    "reference": {},  # the reference notebook's own settings, which are the defaults
+    # Aims at the reference's final validation loss in 2 epochs (bench/speed.py measures it):
+    # its batch with a 10x peak learning rate, one-cycle annealed over 2 epochs, bf16 on CPUs
+    # that compute it natively. No torch.compile: at batch 64 this small model is launch-bound
+    # on a GPU, where compiling (and bf16) cost more than they saved (bench/gpu_check.sh).
     "fast": dict(lr=1e-2, schedule="onecycle", epochs=2, precision="auto"),
 }
+# Old names that still work, with a line saying the new one ("seed" read like --seed).
+RENAMED_RECIPES = {"seed": "reference"}
 
 
 def setting(default: Any, why: str, flag: bool = True) -> Any:
@@ -39,7 +44,7 @@ def setting(default: Any, why: str, flag: bool = True) -> Any:
 @dataclass(frozen=True)
 class Config:
     dataset: Literal["mnist", "fashion-mnist", "kmnist"] = setting(
-        "mnist", "the seed's data; fashion-mnist and kmnist are drop-in 28x28 IDX sets")
+        "mnist", "the reference's data; fashion-mnist and kmnist are drop-in 28x28 IDX sets")
     data: str | None = setting(
         None, "your own images instead of --dataset: a folder (searched recursively; class "
         "subfolders become labels; train/ and val/ (or test/) subfolders are used as given) or "
@@ -53,7 +58,7 @@ class Config:
         0.1, "share of each class held out for validation, chosen with --seed, when the data "
         "bring no val/ (or test/) split; 10% keeps most images for training")
     arch: Literal["conv", "resnet"] = setting(
-        "conv", "conv: the seed's network (other sizes get one stride-2 stage per halving); "
+        "conv", "conv: the reference's network (other sizes get one stride-2 stage per halving); "
         "resnet: a wider residual network, for colour images")
     conditional: bool = setting(
         False, "a conditional VAE: the label enters the encoder q(z|x, y) and the decoder "
@@ -63,39 +68,42 @@ class Config:
     height: int | None = setting(None, "image height, recorded from the data", flag=False)
     width: int | None = setting(None, "image width, recorded from the data", flag=False)
     likelihood: Literal["bernoulli", "logistic", "logistic-mixture"] = setting(
-        "bernoulli", "p(x|z): bernoulli (the seed's; a cross-entropy on grey values); logistic "
-        "or logistic-mixture: discretized on the 256 levels, a probability of 8-bit images "
-        "(bits/dim compare with the literature)")
+        "bernoulli", "p(x|z): bernoulli (the reference's; a cross-entropy on grey values); "
+        "logistic or logistic-mixture: discretized on the 256 levels, a probability of 8-bit "
+        "images (bits/dim compare with the literature)")
     mixture_components: int = setting(
         10, "logistics per sub-pixel in --likelihood logistic-mixture: 10, as PixelCNN++")
-    latent_dim: int = setting(20, "size of z: the seed's LATENT_DIM")
-    batch_size: int = setting(64, "images per step: the seed's BATCH_SIZE")
-    lr: float = setting(1e-3, "Adam learning rate: the seed's LEARNING_RATE")
-    epochs: int = setting(10, "passes over the training set: the seed's NUM_EPOCHS")
-    beta: float = setting(1.0, "weight on the KL term; 1 optimizes the true ELBO, as the seed does")
+    latent_dim: int = setting(20, "size of z: the reference's LATENT_DIM")
+    batch_size: int = setting(64, "images per step: the reference's BATCH_SIZE")
+    lr: float = setting(1e-3, "Adam learning rate: the reference's LEARNING_RATE")
+    epochs: int = setting(10, "passes over the training set: the reference's NUM_EPOCHS")
+    beta: float = setting(
+        1.0, "weight on the KL term; 1 optimizes the true ELBO, as the reference does")
     binarize: Literal["none", "dynamic", "static"] = setting(
-        "none", "none: grayscale targets, the seed's; dynamic/static: the binarized-MNIST "
+        "none", "none: grayscale targets, the reference's; dynamic/static: the binarized-MNIST "
         "likelihood protocol (resampled each batch / fixed once)")
     kl_warmup: int = setting(
-        0, "epochs over which the KL weight rises linearly from 0 to beta; 0 = none, the seed's")
+        0, "epochs over which the KL weight rises linearly from 0 to beta; 0 = none, the "
+        "reference's")
     iw_train: int = setting(
-        1, "importance samples per image in the training bound: 1 = the ELBO (the seed's), "
+        1, "importance samples per image in the training bound: 1 = the ELBO (the reference's), "
         "K > 1 = the IWAE bound")
     schedule: Literal["constant", "onecycle"] = setting(
-        "constant", "learning rate over the run: constant (the seed's), or one-cycle: a warm-up "
-        "to lr over the first 30% of steps, then a cosine decay to ~0 by the last epoch")
+        "constant", "learning rate over the run: constant (the reference's), or one-cycle: a "
+        "warm-up to lr over the first 30% of steps, then a cosine decay to ~0 by the last "
+        "epoch")
     memory_format: Literal["channels_last", "contiguous"] = setting(
         "channels_last", "layout of the convolutions' tensors (same maths); channels_last "
-        "measured up to 2x faster on CPU here (bench/speed.py)")
+        "suits the CPU's convolution kernels (bench/speed.py measures it)")
     precision: Literal["fp32", "bf16", "auto"] = setting(
-        "fp32", "fp32 (the seed's); bf16 autocasts convolutions and matmuls (the loss stays "
-        "fp32); auto = bf16 on a CPU that computes it natively (measured faster there), "
-        "else fp32 (on an H100 this small model measured slower in bf16)")
+        "fp32", "fp32 (the reference's); bf16 autocasts convolutions and matmuls (the loss "
+        "stays fp32); auto = bf16 on a CPU that computes it natively, else fp32 (this small "
+        "model is launch-bound on a GPU, where bf16 does not pay)")
     compile: Literal["off", "on", "auto"] = setting(
-        "off", "torch.compile the model: slow to start; auto = on for CUDA (for this small "
-        "model it measured slower per epoch on an H100: off is the default)")
+        "off", "torch.compile the model: slow to start; auto = on for CUDA (off by default: "
+        "this small model is launch-bound on a GPU, where compiling did not pay)")
     grad_clip: float | None = setting(
-        None, "clip the gradient's total norm to this; unset = no clipping, as the seed")
+        None, "clip the gradient's total norm to this; unset = no clipping, as the reference")
     seed: int = setting(0, "seeds Python, NumPy and torch, shuffling and sampling included")
     device: str = setting("auto", "auto = cuda, then mps, then cpu; or name one (cpu, cuda:1)")
     ddp_backend: Literal["auto", "nccl", "gloo"] = setting(
@@ -150,9 +158,13 @@ class Config:
 
 def from_recipe(recipe: str | None = None, **changes: Any) -> Config:
     """A new run's config: the named recipe's settings, overridden by `changes`."""
+    if recipe in RENAMED_RECIPES:
+        log.warning("--recipe %s is now called --recipe %s; the old name will go", recipe,
+                    RENAMED_RECIPES[recipe])
+        recipe = RENAMED_RECIPES[recipe]
     if recipe is not None and recipe not in RECIPES:
         raise ConfigError(f"recipe {recipe!r} is unknown: choose one of {', '.join(RECIPES)}")
-    return Config(**{**RECIPES[recipe or "seed"], **changes})
+    return Config(**{**RECIPES[recipe or "reference"], **changes})
 
 
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
@@ -180,7 +192,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 SMALLEST_FEATURE_MAP = 4  # halving stops before a side would drop below this
-FEWEST_STAGES = 2  # as the seed's network: fewer leaves the linear layers doing the work
+FEWEST_STAGES = 2  # as the reference's network: fewer leaves the linear layers doing the work
 
 
 def stages(side: int) -> int:

@@ -25,9 +25,9 @@ from .runs import eval_path, load_run
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 256  # measured fastest here (channels_last); larger batches fall out of cache
-DECODES_PER_PASS = 1024  # images x samples decoded at once: bounds memory at any K (and
-# measured fastest here: larger passes fall out of cache)
+EVAL_BATCH = 256  # enough images to keep the cores busy, few enough to stay in the CPU's cache
+DECODES_PER_PASS = 1024  # images x samples decoded at once: bounds memory at any K (and, like
+# EVAL_BATCH, stays in cache)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: unit i is active if Cov_x(E_q[z_i]) > 0.01
 
 

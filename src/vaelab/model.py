@@ -1,7 +1,7 @@
 """The VAE: encoder -> (mu, log sigma^2), reparameterize, decoder -> the likelihood's parameters.
 
 `build_model(config)` is the one place that knows the architectures. For 1x28x28 images the
-default ("conv") is the seed's network exactly (258,025 parameters):
+default ("conv") is the reference notebook's network exactly (258,025 parameters):
 
     Encoder  1x28x28 -Conv(4,s2)+ReLU-> 32x14x14 -Conv(4,s2)+ReLU-> 64x7x7 -Flatten-> 3136
              -> Linear(3136, D) = mu,  Linear(3136, D) = log sigma^2
@@ -17,11 +17,9 @@ plane per class beside the image, and appended to the flattened features before 
 log sigma^2. The decoder's first layer reads [z, y], and y then scales and shifts the channels
 of every hidden stage (FiLM, Perez et al. 2018), starting as the identity. The planes let the
 convolutions describe the image relative to its class, which leaves z with the style; FiLM lets
-the label scale the decoder's features, not only add to them. Measured by bench/conditional.py
-(10 epochs, training seed 0; the README has the tables): the samples of a class drawn from the
-prior followed their label 86% of the time with y after the convolutions alone, 94.6% with the
-planes, 95.5% with the planes and FiLM (94.8% and 95.4% on average over three training seeds).
-With no classes the layers are exactly the unconditional ones.
+the label scale the decoder's features, not only add to them. Both raised the share of samples
+that follow their label (bench/conditional.py measures it; the changelog tells how the design
+was chosen). With no classes the layers are exactly the unconditional ones.
 """
 
 from __future__ import annotations

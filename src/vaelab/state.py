@@ -46,7 +46,7 @@ class TrainingState:
     def fresh(cls, config: Config, device: torch.device) -> TrainingState:
         set_seed(config.seed)
         model = build_model(config).to(device, memory_format=config.torch_memory_format)
-        # The fused kernel does the whole update in one pass (measured 2.8x faster on CPU).
+        # The fused kernel does the whole update in one pass, not a loop over the parameters.
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                      fused=device.type in ("cpu", "cuda"))
         shuffle = torch.Generator().manual_seed(config.seed)
@@ -110,9 +110,9 @@ class EpochProgress:
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
-    """'bf16' always; 'auto' only on a CPU with AVX512-BF16 or AMX, where it measured faster
-    (emulated bf16 is slower). Not on CUDA: this small model is launch-bound there, and bf16
-    measured slower on an H100 (4.4 s per epoch in fp32, 5.0 in bf16; bench/gpu_check.sh)."""
+    """'bf16' always; 'auto' only on a CPU with AVX512-BF16 or AMX, which compute it natively
+    (emulated bf16 is slower than fp32). Not on CUDA: this small model is launch-bound there,
+    and bf16 did not pay (bench/gpu_check.sh measures it)."""
     if precision != "auto":
         return precision == "bf16"
     return device.type == "cpu" and _cpu_has_native_bf16()
