@@ -76,7 +76,7 @@ def peers_row(data: Path, epochs: int, batch_size: int, precision: str, device: 
     import vaelab
     from vaelab.evaluate import EVAL_BATCH
     from vaelab.losses import elbo_terms
-    from vaelab.model import build_model
+    from vaelab.models import build_model
     from vaelab.state import uses_bf16
 
     tick = time.perf_counter()

@@ -14,7 +14,7 @@ from vaelab import VAE, load_run, train
 from vaelab.data import load_split
 from vaelab.errors import VaelabError
 from vaelab.evaluate import log_likelihood_iw
-from vaelab.model import count_parameters
+from vaelab.models import count_parameters
 from vaelab.plots import NAMES_PX, grid_figure_size
 
 SEED_PARAMETERS = 258_025

@@ -26,7 +26,7 @@ import torch
 from vaelab import Config, train
 from vaelab.cli import main
 from vaelab.evaluate import write_evaluation
-from vaelab.model import build_model
+from vaelab.models import build_model
 from vaelab.runs import LAST, LOCK, read_metrics
 from vaelab.state import set_seed
 from vaelab.training import resume

@@ -64,8 +64,8 @@ def test_totals_sum_per_image_terms_and_give_both_averaging_conventions():
                       torch.tensor([2.0, 3, 3, 4, 4]), torch.zeros(5))
     second = ELBOTerms(torch.tensor([1.5, 2.5, 5.0]), torch.tensor([0.5, 0.5, 1.0]),
                        torch.tensor([1.0, 2.0, 4.0]), torch.zeros(3))
-    totals.add(first)
-    totals.add(second)
+    totals.add(first._asdict())  # a model's terms come by name
+    totals.add(second._asdict())
     assert totals.images == 8 and totals.sums.tolist() == [34.0, 11.0, 23.0]
     assert totals.means("val", batch_size=5) == {
         "val_loss": 34 / 8, "val_recon": 11 / 8, "val_kl": 23 / 8, "val_batch_loss": 34 / 2}
@@ -84,7 +84,7 @@ def test_totals_of_one_image_average_over_one_image_and_one_batch():
 
     totals = Totals(torch.device("cpu"))
     one = torch.tensor([6.0])
-    totals.add(ELBOTerms(one, one / 2, one / 3, one))
+    totals.add(ELBOTerms(one, one / 2, one / 3, one)._asdict())
     assert totals.means("t", 64) == {"t_loss": 6.0, "t_recon": 3.0, "t_kl": 2.0,
                                      "t_batch_loss": 6.0}
 

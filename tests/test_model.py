@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vaelab import VAE
-from vaelab.model import count_parameters
+from vaelab.models import count_parameters
 
 
 @pytest.mark.parametrize("batch", [1, 64])
@@ -53,7 +53,7 @@ def test_same_generator_seed_same_sample():
 from vaelab import Config  # noqa: E402
 from vaelab.config import check_shape, stages  # noqa: E402
 from vaelab.errors import ConfigError  # noqa: E402
-from vaelab.model import build_model  # noqa: E402
+from vaelab.models import build_model  # noqa: E402
 
 SEED_LAYERS = ["encoder.features.0", "encoder.features.2", "encoder.mu", "encoder.logvar",
                "decoder.net.0", "decoder.net.3", "decoder.net.5"]

@@ -140,22 +140,22 @@ def test_precision_auto_is_fp32_on_gpus(monkeypatch, supported):
 # ---- --compile ------------------------------------------------------------------------------
 
 class Network(torch.nn.Module):
-    """Stands in for torch.compile(model): the same model, each call recorded, and any
-    training-mode call of the model that bypasses this wrapper counted."""
+    """Stands in for torch.compile(objective): the same training objective, each call
+    recorded, and any training-mode call of the model that bypasses this wrapper counted."""
 
-    def __init__(self, model):
+    def __init__(self, objective):
         super().__init__()
-        self.model, self.samples, self.inside, self.bypassed = model, [], False, 0
-        model.register_forward_pre_hook(self.model_called)
+        self.objective, self.samples, self.inside, self.bypassed = objective, [], False, 0
+        objective.model.register_forward_pre_hook(self.model_called)
 
     def model_called(self, module, args):
         self.bypassed += module.training and not self.inside
 
-    def forward(self, x, generator=None, samples=None, **noise_and_labels):
+    def forward(self, x, noise, labels=None, kl_weight=1.0, samples=None):
         self.samples.append(samples)
         self.inside = True
         try:
-            return self.model(x, generator, samples=samples, **noise_and_labels)
+            return self.objective(x, noise, labels, kl_weight, samples)
         finally:
             self.inside = False
 
@@ -179,8 +179,8 @@ def test_compile_on_trains_through_the_compiled_network(tiny_config, tmp_path, m
     spy_on_steps(monkeypatch, lambda state, x: states.append(state))
     train(tiny_config.replace(compile="on", iw_train=k), tmp_path / "run")
     (network,) = compiled
-    assert isinstance(network.model, VAE) and states[0].network is network
-    assert states[0].model is network.model
+    assert isinstance(network.objective.model, VAE) and states[0].network is network
+    assert states[0].model is network.objective.model
     assert network.samples == [None if k == 1 else k] * (512 // 64)
     assert network.bypassed == 0
 
@@ -189,7 +189,7 @@ def test_compile_on_trains_through_the_compiled_network(tiny_config, tmp_path, m
 def test_compile_off_and_auto_on_a_cpu_leave_the_model_alone(monkeypatch, setting):
     compiled = fake_compile(monkeypatch)
     state = TrainingState.fresh(Config(compile=setting, device="cpu"), CPU)
-    assert compiled == [] and state.network is state.model
+    assert compiled == [] and state.network.model is state.model  # models.Objective, bare
 
 
 # ---- --recipe -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from test_images import pictures, write_mnist_folder
 import vaelab.images
 from vaelab import load_run
 from vaelab.data import validation_split
-from vaelab.model import count_parameters
+from vaelab.models import count_parameters
 
 
 def train_on(folder, out, *flags):

@@ -8,7 +8,7 @@ from importlib import import_module
 
 from .version import __version__
 
-_PUBLIC = {"Config": "config", "VAE": "model", "Run": "runs", "load_run": "runs",
+_PUBLIC = {"Config": "config", "VAE": "models.vae", "Run": "runs", "load_run": "runs",
            "train": "training", "resume": "training"}
 
 __all__ = [*_PUBLIC, "__version__"]

@@ -175,7 +175,7 @@ def add_figure_commands(commands) -> None:
 
     p = command("latent", "2-D map of the validation codes (and the manifold when D = 2)",
                 lambda r, run, val, a: [r.figure_latent(run, val, "tsne" if a.tsne else "pca")]
-                + ([r.figure_manifold(run)] if run.model.latent_dim == 2 else []),
+                + ([r.figure_manifold(run)] if run.model.code_dim == 2 else []),
                 ["latent", "manifold"])
     p.add_argument("--tsne", action="store_true",
                    help="t-SNE instead of PCA (needs scikit-learn: vaelab[tsne])")
@@ -314,16 +314,23 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _row_printer():
-    printed_header = False
+    table: list[tuple[str, str, int]] = []
 
     def print_row(row: dict[str, float]) -> None:
-        nonlocal printed_header
-        if not printed_header:
-            print("  ".join(f"{header:>{width}}" for _, header, width in TABLE))
-            printed_header = True
-        print("  ".join(_cell(row[key], width) for key, _, width in TABLE), flush=True)
+        if not table:  # the first row says which terms the model reports
+            table.extend(_table_for(row))
+            print("  ".join(f"{header:>{width}}" for _, header, width in table))
+        print("  ".join(_cell(row[key], width) for key, _, width in table), flush=True)
 
     return print_row
+
+
+def _table_for(row: dict[str, float]) -> list[tuple[str, str, int]]:
+    """TABLE, with a hierarchy's per-group validation KLs after the total KL."""
+    groups = [(key, key.replace("val_", ""), 7) for key in row
+              if key.startswith("val_kl_")]
+    at = next(i for i, (key, _, _) in enumerate(TABLE) if key == "val_kl") + 1
+    return [*TABLE[:at], *groups, *TABLE[at:]]
 
 
 def _cell(value: float, width: int) -> str:

@@ -57,6 +57,9 @@ class Config:
     val_fraction: float = setting(
         0.1, "share of each class held out for validation, chosen with --seed, when the data "
         "bring no val/ (or test/) split; 10% keeps most images for training")
+    model: Literal["vae", "hvae"] = setting(
+        "vae", "the model family: vae, the reference's single-level VAE; hvae, a top-down "
+        "hierarchy of latent groups at several resolutions (models/)")
     arch: Literal["conv", "resnet"] = setting(
         "conv", "conv: the reference's network (other sizes get one stride-2 stage per halving); "
         "resnet: a wider residual network, for colour images")
@@ -73,7 +76,7 @@ class Config:
         "images (bits/dim compare with the literature)")
     mixture_components: int = setting(
         10, "logistics per sub-pixel in --likelihood logistic-mixture: 10, as PixelCNN++")
-    latent_dim: int = setting(20, "size of z: the reference's LATENT_DIM")
+    latent_dim: int = setting(20, "vae: size of z, the reference's LATENT_DIM")
     batch_size: int = setting(64, "images per step: the reference's BATCH_SIZE")
     lr: float = setting(1e-3, "Adam learning rate: the reference's LEARNING_RATE")
     epochs: int = setting(10, "passes over the training set: the reference's NUM_EPOCHS")
@@ -102,6 +105,17 @@ class Config:
     compile: Literal["off", "on", "auto"] = setting(
         "off", "torch.compile the model: slow to start; auto = on for CUDA (off by default: "
         "this small model is launch-bound on a GPU, where compiling did not pay)")
+    hvae_channels: int = setting(
+        64, "hvae: channels of the residual blocks of both paths; 64 trains on a laptop's CPU "
+        "in minutes per epoch at 28x28 (--recipe hvae-large: a GPU's)")
+    hvae_latent_channels: int = setting(
+        8, "hvae: channels of each latent group (its units: these x the group's resolution)")
+    hvae_groups: int = setting(
+        2, "hvae: latent groups at each resolution, from the image's half size down to 7x7 or "
+        "4x4 (28x28: 14 and 7, so 4 groups at the default)")
+    grad_skip: float | None = setting(
+        None, "skip an update whose gradient norm exceeds this (as VDVAE does): unset = the "
+        "family's own (never for vae; hvae skips outliers)")
     grad_clip: float | None = setting(
         None, "clip the gradient's total norm to this; unset = no clipping, as the reference")
     seed: int = setting(0, "seeds Python, NumPy and torch, shuffling and sampling included")
@@ -218,6 +232,21 @@ def check_shape(shape: tuple[int, int, int], arch: str,
     return count
 
 
+# The options only one family takes (the rest of Config applies to every family): setting
+# one for another family is refused rather than silently ignored.
+FAMILY_OPTIONS = {"vae": ("latent_dim", "arch", "iw_train"),
+                  "hvae": ("hvae_channels", "hvae_latent_channels", "hvae_groups")}
+
+
+def _check_family_options(c: Config) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for family, names in FAMILY_OPTIONS.items():
+        for name in names:
+            if family != c.model and getattr(c, name) != defaults[name]:
+                _fail(name, getattr(c, name), f"an option of --model {family}, and this run is "
+                      f"--model {c.model}: drop it, or choose --model {family}")
+
+
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
@@ -266,7 +295,8 @@ def _check_values(c: Config) -> None:
             _fail(f.name, value, f"one of {', '.join(map(str, choices))}")
     if c.kl_warmup < 0:
         _fail("kl_warmup", c.kl_warmup, "must be >= 0 epochs")
-    for name in ("latent_dim", "batch_size", "epochs", "iw_train", "mixture_components"):
+    for name in ("latent_dim", "batch_size", "epochs", "iw_train", "mixture_components",
+                 "hvae_channels", "hvae_latent_channels", "hvae_groups"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "must be at least 1")
     for name in ("limit_train", "limit_val", "image_size", "height", "width", "classes"):
@@ -292,8 +322,11 @@ def _check_values(c: Config) -> None:
         _fail("lr", c.lr, "must be a finite number > 0, e.g. 1e-3")
     if not (math.isfinite(c.beta) and c.beta >= 0):
         _fail("beta", c.beta, "must be a finite number >= 0")
-    if c.grad_clip is not None and not (math.isfinite(c.grad_clip) and c.grad_clip > 0):
-        _fail("grad_clip", c.grad_clip, "must be a finite number > 0, or unset")
+    for name in ("grad_clip", "grad_skip"):
+        value = getattr(c, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            _fail(name, value, "must be a finite number > 0, or unset")
+    _check_family_options(c)
     if not (math.isfinite(c.ddp_timeout) and c.ddp_timeout > 0):
         _fail("ddp_timeout", c.ddp_timeout, "must be a finite number of seconds > 0")
     if c.seed < 0:

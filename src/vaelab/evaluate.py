@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import atomic_open
 from .data import limited, run_split, to_float, training_images, validation_images
 from .errors import VaelabError
-from .likelihoods import EIGHT_BIT, nll_samples
-from .losses import Totals, elbo_terms, kl_standard_normal, log_importance_weights
-from .model import VAE
+from .likelihoods import EIGHT_BIT
+from .losses import Totals
 from .quadrature import check_exact_possible, compare_with_estimate
 from .runs import eval_path, load_run
 
@@ -32,7 +32,7 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: unit i is active if Cov_x(E_q
 
 
 @torch.inference_mode()
-def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
+def evaluate_elbo(model: nn.Module, images: torch.Tensor, seed: int,
                   batch_size: int = EVAL_BATCH, labels: torch.Tensor | None = None) -> Totals:
     """Sum of -ELBO terms over uint8 `images` (N, C, H, W), one z per image (given its label
     `labels`, for a conditional model).
@@ -46,15 +46,14 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, seed: int,
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    totals = Totals(device)
+    totals = Totals(device, model.term_names)
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        eps = torch.randn((len(batch), model.latent_dim), generator=generator, device=device)
+        noise = model.draw_noise(len(batch), generator)
         first, last = distributed.share(len(batch))
         x = to_float(batch[first:last].to(device))
         y = _part(labels, start + first, last - first, device)
-        out = model(x, eps=eps[first:last], labels=y)
-        totals.add(elbo_terms(model.likelihood.nll(out.params, x), out.mu, out.logvar))
+        totals.add(model.terms(x, noise[first:last], y))
     model.train(was_training)
     return distributed.summed(totals)
 
@@ -65,7 +64,7 @@ def _part(labels: torch.Tensor | None, start: int, size: int, device: torch.devi
 
 
 @torch.inference_mode()
-def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
+def log_likelihood_iw(model: nn.Module, images: torch.Tensor, samples: int, seed: int = 0,
                       progress: bool = False, labels: torch.Tensor | None = None
                       ) -> dict[str, torch.Tensor]:
     """Per-image estimates over uint8 `images` (N, C, H, W), float64 on the CPU (for a
@@ -74,11 +73,13 @@ def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int 
     log_px    L_K = logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K, z_k ~ q(z|x),
               a lower bound on log p(x) that tightens as K grows (Burda et al. 2016);
     recon     E_q[-log p(x|z)], averaged over the same K samples;
-    kl        KL(q(z|x) || N(0, I)), analytic;  -ELBO = recon + kl;
+    kl        KL(q(z|x) || p(z)), analytic (a hierarchy's summed over its groups, each
+              averaged over the samples of the groups above, as are its kl_1, kl_2, ...);
+              -ELBO = recon + kl;
     ess       the effective sample size (sum w)^2 / sum w^2 of the K weights: near K when
               q(z|x) matches the posterior; near 1 when a few samples dominate and the
               estimate has not converged;
-    mu        the posterior means (for active units).
+    mu        the posterior means (for active units), every latent group's side by side.
     Images go in batches and samples in chunks of at most DECODES_PER_PASS decodes. Under
     torchrun the batches are dealt round-robin to the ranks; every rank draws every batch's
     noise (cheap beside decoding it), so an image's samples do not depend on the world size.
@@ -92,8 +93,7 @@ def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int 
     with tqdm(total=len(images), unit="image", disable=not progress, leave=False) as bar:
         for index, start in enumerate(range(0, len(images), per_batch)):
             x = images[start:start + per_batch]
-            noise = [torch.randn((min(chunk, samples - done), len(x), model.latent_dim),
-                                 generator=generator, device=device)
+            noise = [model.draw_noise(len(x), generator, min(chunk, samples - done))
                      for done in range(0, samples, chunk)]
             if distributed.owns(index):
                 y = _part(labels, start, per_batch, device)
@@ -103,30 +103,33 @@ def log_likelihood_iw(model: VAE, images: torch.Tensor, samples: int, seed: int 
     return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
-def _estimates(model: VAE, x: torch.Tensor, noise: list[torch.Tensor],
+def _estimates(model: nn.Module, x: torch.Tensor, noise: list[torch.Tensor],
                y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """log_likelihood_iw's per-image figures for one batch x (labels y, for a conditional
     model), its samples' noise in chunks."""
     samples = sum(len(eps) for eps in noise)
-    mu, logvar = model.encode(x, y)
     log_sum = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
     log_sum_sq = log_sum.clone()
-    nll_sum = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    sums: dict[str, torch.Tensor] = {}
     for eps in noise:
-        z = model.sample_latents(mu, logvar, len(eps), eps=eps)
-        nll = nll_samples(model.likelihood, model.decode_latents(z, y), x).double()
-        log_w = log_importance_weights(-nll, z.double(), mu.double(), logvar.double())
+        found = model.importance_terms(x, eps, y)
+        log_w = found.pop("log_w")
         log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
         log_sum_sq = torch.logaddexp(log_sum_sq, torch.logsumexp(2 * log_w, 0))
-        nll_sum += nll.sum(0)
-    return {"log_px": (log_sum - math.log(samples)).cpu(), "recon": (nll_sum / samples).cpu(),
-            "kl": kl_standard_normal(mu, logvar).double().cpu(),
-            "ess": torch.exp(2 * log_sum - log_sum_sq).cpu(), "mu": mu.cpu()}
+        for name, values in found.items():
+            sums[name] = sums.get(name, 0) + values.double().sum(0)
+    means = torch.cat([mean.flatten(1) for mean in model.group_means(x, y)], 1)
+    return {"log_px": (log_sum - math.log(samples)).cpu(),
+            **{name: (total / samples).cpu() for name, total in sums.items()},
+            "ess": torch.exp(2 * log_sum - log_sum_sq).cpu(), "mu": means.float().cpu()}
 
 
-def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, float]:
+def summarize(estimates: dict[str, torch.Tensor], pixels: int,
+              group_sizes: tuple[int, ...] | None = None) -> dict[str, float]:
     """Means with standard errors across images (nats per image, and bits per dimension:
-    nats / (ln 2 x C x H x W) with `pixels` = C x H x W), and the number of active units."""
+    nats / (ln 2 x C x H x W) with `pixels` = C x H x W), and the number of active units; with
+    several latent groups (their sizes in `group_sizes`, top first), each group's KL and
+    active units too."""
     nll, neg_elbo = -estimates["log_px"], estimates["recon"] + estimates["kl"]
     n = len(nll)
 
@@ -134,7 +137,14 @@ def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, floa
         return values.std().item() / math.sqrt(n) if n > 1 else math.nan
 
     variances = estimates["mu"].double().var(0, unbiased=False)
+    active = variances > ACTIVE_UNIT_THRESHOLD
     bits = pixels * math.log(2)  # nats per image -> bits per dimension (sub-pixel)
+    groups = {}
+    if group_sizes is not None and len(group_sizes) > 1:
+        groups = {"active_units_per_group": [int(part.sum()) for part in
+                                             active.split(list(group_sizes))],
+                  "kl_per_group": [estimates[f"kl_{g}"].mean().item()
+                                   for g in range(1, len(group_sizes) + 1)]}
     return {
         "images": n,
         "nll": nll.mean().item(), "nll_stderr": stderr(nll),
@@ -143,13 +153,13 @@ def summarize(estimates: dict[str, torch.Tensor], pixels: int) -> dict[str, floa
         "neg_elbo": neg_elbo.mean().item(), "neg_elbo_stderr": stderr(neg_elbo),
         "neg_elbo_bits_per_dim": neg_elbo.mean().item() / bits,
         "recon": estimates["recon"].mean().item(), "kl": estimates["kl"].mean().item(),
-        "active_units": int((variances > ACTIVE_UNIT_THRESHOLD).sum()),
+        "active_units": int(active.sum()),
         "effective_samples_median": estimates["ess"].median().item(),
-        "latent_dim": estimates["mu"].shape[1],
+        "latent_dim": estimates["mu"].shape[1], **groups,
     }
 
 
-def evaluate_run(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
+def evaluate_run(model: nn.Module, images: torch.Tensor, samples: int, seed: int = 0,
                  progress: bool = False, exact: bool = False,
                  labels: torch.Tensor | None = None) -> dict[str, float]:
     """The numbers of `vaelab evaluate`, timed; with `exact`, also log p(x) by quadrature
@@ -159,7 +169,7 @@ def evaluate_run(model: VAE, images: torch.Tensor, samples: int, seed: int = 0,
     labels = labels if model.conditional else None
     estimates = log_likelihood_iw(model, images, samples, seed, progress, labels)
     result = {"iw_samples": samples, "conditional": model.conditional,
-              **summarize(estimates, images[0].numel())}
+              **summarize(estimates, images[0].numel(), model.group_sizes)}
     if exact:
         log.info("integrating log p(x) of %d images on a grid (--exact)", len(images))
         result.update(compare_with_estimate(model, images, estimates["log_px"], progress,
@@ -180,7 +190,7 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
         raise VaelabError(f"--limit {limit} is not allowed: it must be at least 1")
     run = load_run(run_dir, checkpoint, device)
     if exact:
-        check_exact_possible(run.config.latent_dim)
+        check_exact_possible(run.model)
     config = run.config
     chosen = limited(config, run_split(config, "val" if split == "test" else "train", data_dir,
                                        data), limit)
@@ -196,7 +206,7 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
     result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
               "checkpoint_sha256": run.checkpoint_sha256,
               "dataset": config.data or config.dataset, "binarize": config.binarize,
-              "likelihood": config.likelihood,
+              "model": config.model, "likelihood": config.likelihood,
               # bits/dim are a density of the 8-bit values, comparable with the literature,
               # only under a discretized likelihood (a Bernoulli on grey values is not one)
               "density_of_8bit": config.likelihood in EIGHT_BIT, **numbers}

@@ -2,7 +2,9 @@
 
 Images come back as the likelihood's means E[x|z] in [0, 1] (or, where asked, a draw of the
 pixels x ~ p(x|z)), shape (N, C, H, W), on the CPU. A conditional model takes a label with
-every image and every z (`labels`); an unconditional one ignores them.
+every image and every code (`labels`); an unconditional one ignores them. Everything here goes
+through the model interface (models/interface.py): codes are what a model's `code` gives (a
+single-level VAE's z, a hierarchy's top group), and samples come from its prior's noise.
 """
 
 from __future__ import annotations
@@ -10,15 +12,15 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch import nn
 
 from .data import Split, to_float
 from .errors import VaelabError
-from .model import VAE
 
 log = logging.getLogger(__name__)
 
 
-def _device(model: VAE) -> torch.device:
+def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -28,81 +30,116 @@ def _on(labels: torch.Tensor | None, device: torch.device, start: int = 0,
 
 
 @torch.inference_mode()
-def encode_means(model: VAE, images: torch.Tensor, labels: torch.Tensor | None = None,
+def encode_means(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
                  batch_size: int = 1000) -> torch.Tensor:
-    """Posterior means mu(x) of uint8 images (N, C, H, W) -> (N, D), CPU."""
+    """The codes of uint8 images (N, C, H, W), posterior means -> (N, code_dim), CPU."""
     device = _device(model)
-    return torch.cat([model.encode(to_float(images[i:i + batch_size].to(device)),
-                                   _on(labels, device, i, i + batch_size))[0].cpu()
+    return torch.cat([model.code(to_float(images[i:i + batch_size].to(device)),
+                                 _on(labels, device, i, i + batch_size)).cpu()
                       for i in range(0, len(images), batch_size)])
 
 
 @torch.inference_mode()
-def decode_means(model: VAE, z: torch.Tensor, labels: torch.Tensor | None = None
+def decode_means(model: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None
                  ) -> torch.Tensor:
-    """Latent points (N, D) -> the pictures they decode to, E[x|z] (N, C, H, W), CPU."""
+    """Codes (N, code_dim) -> the pictures they decode to, E[x|z] (N, C, H, W), CPU."""
     device = _device(model)
-    return model.decode_mean(z.to(device), _on(labels, device)).cpu()
+    return model.likelihood.mean(model.decode(z.to(device), _on(labels, device))).cpu()
 
 
 @torch.inference_mode()
-def decode_pixels(model: VAE, z: torch.Tensor, generator: torch.Generator | None = None,
+def decode_pixels(model: nn.Module, z: torch.Tensor, generator: torch.Generator | None = None,
                   labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Latent points (N, D) -> one draw x ~ p(x|z) each (N, C, H, W) in [0, 1], CPU: the
+    """Codes (N, code_dim) -> one draw x ~ p(x|z) each (N, C, H, W) in [0, 1], CPU: the
     likelihood's own noise, which the mean averages away (`--sample-pixels`)."""
     device = _device(model)
     return model.likelihood.sample(model.decode(z.to(device), _on(labels, device)),
                                    generator).cpu()
 
 
-def _decoded(model: VAE, z: torch.Tensor, pixels: bool, seed: int,
-             labels: torch.Tensor | None = None) -> torch.Tensor:
-    """E[x|z], or with `pixels` a draw x ~ p(x|z) seeded with `seed`."""
+def _shown(model: nn.Module, params: torch.Tensor, pixels: bool, seed: int
+           ) -> torch.Tensor:
+    """The likelihood's mean E[x|z], or with `pixels` a draw x ~ p(x|z) seeded with `seed`."""
     if not pixels:
-        return decode_means(model, z, labels)
-    return decode_pixels(model, z, torch.Generator(_device(model)).manual_seed(seed), labels)
+        return model.likelihood.mean(params).cpu()
+    return model.likelihood.sample(params, torch.Generator(params.device).manual_seed(seed)
+                                   ).cpu()
 
 
-@torch.inference_mode()
-def reconstruct(model: VAE, images: torch.Tensor, sample: bool = False, seed: int = 0,
-                pixels: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Decode each image's posterior mean mu(x), or with `sample` a z ~ q(z|x) (seeded);
-    show E[x|z], or with `pixels` a draw x ~ p(x|z) (seeded too)."""
+def _decoded(model: nn.Module, z: torch.Tensor, pixels: bool, seed: int,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Codes decoded, shown as E[x|z], or with `pixels` a draw x ~ p(x|z) seeded with `seed`."""
     device = _device(model)
-    mu, logvar = model.encode(to_float(images.to(device)), _on(labels, device))
-    if sample:
-        mu = model.reparameterize(mu, logvar, torch.Generator(device).manual_seed(seed))
-    return _decoded(model, mu, pixels, seed, labels)
-
-
-def prior_draws(model: VAE, n: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """n draws z ~ N(0, T^2 I) (n, D) on the CPU, so that a seed gives the same draws on any
-    device."""
-    generator = torch.Generator().manual_seed(seed)
-    return temperature * torch.randn(n, model.latent_dim, generator=generator)
+    return _shown(model, model.decode(z.to(device), _on(labels, device)), pixels, seed)
 
 
 @torch.inference_mode()
-def sample_prior(model: VAE, n: int, temperature: float = 1.0, seed: int = 0,
+def reconstruct(model: nn.Module, images: torch.Tensor, sample: bool = False, seed: int = 0,
+                pixels: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode each image through the posterior at its means, or with `sample` drawing from it
+    (seeded); show E[x|z], or with `pixels` a draw x ~ p(x|z) (seeded too)."""
+    device = _device(model)
+    generator = torch.Generator(device).manual_seed(seed) if sample else None
+    params = model.reconstruct(to_float(images.to(device)), _on(labels, device), generator)
+    return _shown(model, params, pixels, seed)
+
+
+def prior_noise(model: nn.Module, n: int, seed: int = 0) -> torch.Tensor:
+    """The noise of n prior samples (n, noise_size), drawn on the CPU so that a seed gives
+    the same samples on any device (for a single-level VAE, z ~ N(0, I) itself)."""
+    return model.prior_noise(n, torch.Generator().manual_seed(seed))
+
+
+@torch.inference_mode()
+def from_noise(model: nn.Module, noise: torch.Tensor, temperature: float = 1.0,
+               labels: torch.Tensor | None = None, pixels: bool = False, seed: int = 0
+               ) -> torch.Tensor:
+    """Prior samples from their noise (n, noise_size), each group's spread scaled by
+    `temperature`, shown as E[x|z] or with `pixels` as a draw x ~ p(x|z) (seeded)."""
+    device = _device(model)
+    params = model.from_prior(noise.to(device), temperature, _on(labels, device))
+    return _shown(model, params, pixels, seed)
+
+
+def sample_prior(model: nn.Module, n: int, temperature: float = 1.0, seed: int = 0,
                  label: int | None = None, pixels: bool = False) -> torch.Tensor:
-    """Decode n draws z ~ N(0, T^2 I) to E[x|z], or with `pixels` to a draw x ~ p(x|z); the
-    same seed gives the same images. A conditional model writes them all as class `label`."""
+    """n samples from the prior at temperature T (z ~ N(0, T^2 I) for a single-level VAE),
+    as E[x|z] or with `pixels` a draw x ~ p(x|z); the same seed gives the same images. A
+    conditional model writes them all as class `label`."""
     labels = torch.full((n,), label) if label is not None else None
-    return _decoded(model, prior_draws(model, n, temperature, seed), pixels, seed, labels)
+    return from_noise(model, prior_noise(model, n, seed), temperature, labels, pixels, seed)
 
 
-@torch.inference_mode()
-def class_grid(model: VAE, columns: int, temperature: float = 1.0, seed: int = 0,
+def class_grid(model: nn.Module, columns: int, temperature: float = 1.0, seed: int = 0,
                pixels: bool = False) -> torch.Tensor:
-    """A conditional model's samples with one row per class and the same z down each column:
-    (classes * columns, C, H, W), row-major."""
-    z = prior_draws(model, columns, temperature, seed).repeat(model.classes, 1)
+    """A conditional model's samples with one row per class and the same noise down each
+    column: (classes * columns, C, H, W), row-major."""
+    noise = prior_noise(model, columns, seed).repeat(model.classes, 1)
     labels = torch.arange(model.classes).repeat_interleave(columns)
-    return _decoded(model, z, pixels, seed, labels)
+    return from_noise(model, noise, temperature, labels, pixels, seed)
+
+
+def held_levels(model: nn.Module, columns: int, temperature: float = 1.0, seed: int = 0,
+                label: int | None = None) -> torch.Tensor:
+    """What each level of a hierarchy holds: row k holds the top k latent groups of one prior
+    sample and draws the groups below afresh in every column (row 0 holds none), so a row's
+    columns differ only in what its lower groups carry: (groups * columns, C, H, W)."""
+    sizes = model.group_sizes
+    base = prior_noise(model, 1, seed)
+    fresh = prior_noise(model, len(sizes) * columns, seed + 1)
+    held = torch.tensor(sizes).cumsum(0).tolist()
+    rows = []
+    for k in range(len(sizes)):
+        noise = fresh[k * columns:(k + 1) * columns].clone()
+        cut = held[k - 1] if k else 0
+        noise[:, :cut] = base[:, :cut]
+        rows.append(noise)
+    labels = torch.full((len(sizes) * columns,), label) if label is not None else None
+    return from_noise(model, torch.cat(rows), temperature, labels)
 
 
 @torch.inference_mode()
-def analogies(model: VAE, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def analogies(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Style transfer across classes: each image's code z = mu(x, y) decoded with every label.
     (N, C, H, W) uint8 -> (N, classes, C, H, W): row i is image i's style written as each
     class."""
@@ -133,7 +170,7 @@ def interpolate_at(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor | float,
 
 
 @torch.inference_mode()
-def interpolate(model: VAE, image_a: torch.Tensor, image_b: torch.Tensor, steps: int = 10,
+def interpolate(model: nn.Module, image_a: torch.Tensor, image_b: torch.Tensor, steps: int = 10,
                 spherical: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Decode `steps` points between the posterior means of two uint8 images (C, H, W).
     A conditional model encodes each image with its label (`labels`, (2,)) and moves the label
@@ -144,7 +181,7 @@ def interpolate(model: VAE, image_a: torch.Tensor, image_b: torch.Tensor, steps:
     return decode_means(model, path, label_path(model, labels, steps))
 
 
-def label_path(model: VAE, labels: torch.Tensor | None, steps: int) -> torch.Tensor | None:
+def label_path(model: nn.Module, labels: torch.Tensor | None, steps: int) -> torch.Tensor | None:
     """For a conditional model, the labels (2,) blended linearly in `steps` steps -> (steps,
     classes) weights; None for an unconditional one."""
     if not model.conditional:
@@ -257,13 +294,13 @@ def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 @torch.inference_mode()
-def manifold(model: VAE, n: int = 20, label: int | None = None) -> torch.Tensor:
-    """For a 2-D latent space: decode an n x n grid over the prior's quantiles 0.05 ... 0.95,
+def manifold(model: nn.Module, n: int = 20, label: int | None = None) -> torch.Tensor:
+    """For a 2-D code: decode an n x n grid over the prior's quantiles 0.05 ... 0.95,
     z1 along rows (left to right), z2 down the columns (top = high); a conditional model
     writes it as class `label`."""
-    if model.latent_dim != 2:
-        raise VaelabError(f"the manifold grid needs latent_dim 2, this run has "
-                          f"{model.latent_dim}; use the latent scatter instead")
+    if model.code_dim != 2:
+        raise VaelabError(f"the manifold grid needs a 2-dimensional code, this run's has "
+                          f"{model.code_dim}; use the latent scatter instead")
     values = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")
     labels = torch.full((n * n,), label) if label is not None else None

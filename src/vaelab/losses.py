@@ -89,23 +89,25 @@ def iwae_terms(nll: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: tor
 
 
 class Totals:
-    """Running sums of the per-image ELBO terms over an epoch or a data set, kept on the
-    device (no sync per batch); training and evaluation both report through it."""
+    """Running sums of the per-image terms over an epoch or a data set: the loss (the negative
+    ELBO) and each of `names` (a model's term_names), kept on the device (no sync per batch);
+    training and evaluation both report through it."""
 
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+    def __init__(self, device: torch.device, names: tuple[str, ...] = ("recon", "kl")):
+        self.names = ("loss", *names)
+        self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
         self.images = 0
 
-    def add(self, terms: ELBOTerms) -> None:
-        parts = torch.stack([terms.loss.sum(), terms.recon.sum(), terms.kl.sum()])
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        parts = torch.stack([terms[name].sum() for name in self.names])
         self.sums += parts.detach().double()
-        self.images += len(terms.loss)
+        self.images += len(terms["loss"])
 
     def means(self, prefix: str, batch_size: int) -> dict[str, float]:
-        """Nats per image, plus the seed's per-batch convention: the mean over batches of
-        each batch's summed loss = total loss / number of batches of `batch_size`."""
-        loss, recon, kl = self.sums.tolist()
+        """Nats per image, plus the reference notebook's per-batch convention: the mean over
+        batches of each batch's summed loss = total loss / number of batches of `batch_size`."""
         n = max(self.images, 1)
         batches = max(math.ceil(self.images / batch_size), 1)
-        return {f"{prefix}_loss": loss / n, f"{prefix}_recon": recon / n,
-                f"{prefix}_kl": kl / n, f"{prefix}_batch_loss": loss / batches}
+        sums = dict(zip(self.names, self.sums.tolist()))
+        return {**{f"{prefix}_{name}": total / n for name, total in sums.items()},
+                f"{prefix}_batch_loss": sums["loss"] / batches}

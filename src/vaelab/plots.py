@@ -161,11 +161,23 @@ def scatter_codes(axes, points: torch.Tensor, labels: torch.Tensor | None,
     axes.set_ylabel(f"{axis_name} 2")
 
 
+def group_terms(row: dict[str, float]) -> list[str]:
+    """A hierarchy's per-group KL terms in a metrics row ("kl_1", "kl_2", ...), top first."""
+    return sorted((key[len("val_"):] for key in row if key.startswith("val_kl_")),
+                  key=lambda name: int(name.rsplit("_", 1)[1]))
+
+
 def curves(metrics: list[dict[str, float]]) -> Figure:
-    """Train and validation loss, reconstruction and KL (nats per image) per epoch."""
-    figure = Figure(figsize=(12, 3.6), dpi=DPI, layout="constrained")
+    """Train and validation loss, reconstruction and KL (nats per image) per epoch, and for a
+    hierarchy each latent group's validation KL."""
+    groups = group_terms(metrics[0])
+    panels = 3 + bool(groups)
+    figure = Figure(figsize=(4 * panels, 3.6), dpi=DPI, layout="constrained")
     epochs = [row["epoch"] for row in metrics]
-    for axes, part, name in zip(figure.subplots(1, 3), ("loss", "recon", "kl"),
+    axes_row = figure.subplots(1, panels)
+    if groups:
+        _group_curves(axes_row[3], epochs, metrics, groups)
+    for axes, part, name in zip(axes_row, ("loss", "recon", "kl"),
                                 ("negative ELBO", "reconstruction", "KL")):
         for split, style in (("train", "o-"), ("val", "s--")):
             axes.plot(epochs, [row[f"{split}_{part}"] for row in metrics], style, label=split,
@@ -175,6 +187,17 @@ def curves(metrics: list[dict[str, float]]) -> Figure:
         axes.grid(alpha=0.3)
         axes.legend()
     return figure
+
+
+def _group_curves(axes, epochs: list[int], metrics: list[dict[str, float]],
+                  groups: list[str]) -> None:
+    for group in groups:
+        axes.plot(epochs, [row[f"val_{group}"] for row in metrics], "s--", markersize=4,
+                  label=f"group {group.rsplit('_', 1)[1]}")
+    axes.set_title("validation KL per latent group (top = 1)")
+    axes.set_xlabel("epoch")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
 
 
 def save(figure: Figure, path: str | os.PathLike) -> Path:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from .errors import VaelabError
 from .losses import gaussian_log_density
-from .model import VAE
 
 RADIUS = 8.0  # the prior puts under 1e-14 of its mass beyond 8 standard deviations
 COARSE_POINTS = {1: 1601, 2: 121}  # per axis over [-RADIUS, RADIUS]: spacing 0.01 and 0.13
@@ -29,8 +29,8 @@ DECODES = 4096  # latent points decoded at once
 
 
 @torch.inference_mode()
-def log_joint(model: VAE, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None
-              ) -> torch.Tensor:
+def log_joint(model: nn.Module, x: torch.Tensor, z: torch.Tensor,
+              y: torch.Tensor | None = None) -> torch.Tensor:
     """log p(x|z) + log p(z) for one image x (1, C, H, W) at each row of z (M, D) -> (M,),
     float64 on the CPU (the decoder itself runs in float32 on the model's device). For a
     conditional model, y (1,) is the image's label and this is log p(x|z, y) + log p(z)."""
@@ -57,7 +57,7 @@ def grid(lows: torch.Tensor, highs: torch.Tensor, points: int
     return cells, volume
 
 
-def integration_box(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+def integration_box(model: nn.Module, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                     y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The box holding all of the integrand's mass: every coarse point within MASS_WINDOW
     nats of the peak, padded by two coarse cells, and q(z|x)'s mean +- 6 sd."""
@@ -73,7 +73,7 @@ def integration_box(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch
     return lows, highs
 
 
-def log_marginal(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+def log_marginal(model: nn.Module, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                  y: torch.Tensor | None = None) -> float:
     """log p(x) (log p(x|y) given a label y (1,)) for one image x (1, C, H, W) in [0, 1], given
     its q(z|x) = N(mu, e^logvar) (D,) with D = 1 or 2. Refines the grid (doubling its
@@ -95,7 +95,14 @@ def log_marginal(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Te
         previous, points = estimate, 2 * points - 1
 
 
-def check_exact_possible(latent_dim: int) -> None:
+def check_exact_possible(model: nn.Module) -> None:
+    """A grid over z needs one Gaussian latent of 1 or 2 dimensions under an N(0, I) prior."""
+    if not model.supports_exact:
+        raise VaelabError(f"--exact integrates over z on a grid, which needs a single latent "
+                          f"of size 1 or 2; this {model.summary} has {len(model.group_sizes)} "
+                          f"latent groups of {model.noise_size} units in all. Drop --exact "
+                          "(the importance-weighted estimate is the measure here)")
+    latent_dim = model.code_dim
     if latent_dim not in COARSE_POINTS:
         raise VaelabError(f"--exact integrates over z on a grid, which is possible for latent "
                           f"sizes 1 and 2; this run has {latent_dim}. Drop --exact (the "
@@ -105,7 +112,7 @@ def check_exact_possible(latent_dim: int) -> None:
 OFF_BY = 0.05  # nats: an image whose estimate misses log p(x) by more counts as off
 
 
-def compare_with_estimate(model: VAE, images: torch.Tensor, log_px: torch.Tensor,
+def compare_with_estimate(model: nn.Module, images: torch.Tensor, log_px: torch.Tensor,
                           progress: bool = False, labels: torch.Tensor | None = None
                           ) -> dict[str, float]:
     """Exact log p(x) of each uint8 image (N, C, H, W) beside its IW estimate `log_px` (N,):
@@ -115,7 +122,7 @@ def compare_with_estimate(model: VAE, images: torch.Tensor, log_px: torch.Tensor
 
     from .data import to_float
 
-    check_exact_possible(model.latent_dim)
+    check_exact_possible(model)
     device = next(model.parameters()).device
     exact = torch.empty(len(images), dtype=torch.float64)
     with torch.inference_mode():

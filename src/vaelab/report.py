@@ -17,7 +17,7 @@ from . import generate, plots
 from .checkpoint import atomic_open, file_sha256
 from .data import Split, to_float
 from .errors import VaelabError
-from .model import count_parameters
+from .models import count_parameters
 from .runs import FIGURES, REPORT, Run, checkpoint_path, eval_path, load_run, validation_of
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
     figures["latent"] = figure_latent(run, val)
     if run.model.conditional:
         figures["analogies"] = figure_analogies(run, val)
-    if run.model.latent_dim == 2:
+    if run.model.code_dim == 2:
         figures["manifold"] = figure_manifold(run)
     return figures
 
@@ -226,7 +226,7 @@ def render_html(run: Run, figures: dict[str, Path], captions: dict[str, str]) ->
     sections = [
         f"<h1>vaelab run <code>{_e(run.path.name)}</code></h1>",
         f"<p class=sub>{_e(run.config.data or run.config.dataset)} ({shape} images, "
-        f"{_e(run.config.arch)} network), {run.epoch} epochs, "
+        f"{_e(run.model.summary)}), {run.epoch} epochs, "
         f"{count_parameters(run.model):,} parameters, written "
         f"{datetime.now():%Y-%m-%d %H:%M}. Final validation loss "
         f"{last.get('val_loss', float('nan')):.2f} nats per image.</p>",
@@ -276,8 +276,9 @@ def _seed_table(run: Run) -> str:
 
 
 def _metrics_table(run: Run) -> str:
-    columns = ["epoch", "train_loss", "val_loss", "val_recon", "val_kl", "train_batch_loss",
-               "val_batch_loss", "epoch_seconds"]
+    groups = [f"val_{name}" for name in plots.group_terms(run.metrics[0])] if run.metrics else []
+    columns = ["epoch", "train_loss", "val_loss", "val_recon", "val_kl", *groups,
+               "train_batch_loss", "val_batch_loss", "epoch_seconds"]
     return _table(columns, [[row[c] for c in columns] for row in run.metrics])
 
 

@@ -25,7 +25,7 @@ from .config import Config, resolve_device
 from .data import Split, validation_split
 from .errors import CheckpointError, VaelabError
 from .generate import class_index
-from .model import VAE, build_model
+from .models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,16 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, REPORT, *EVAL_FILES.values()
 LOCK = ".lock"
 TEMPORARY = ".*.tmp"  # atomic_open's files: left behind only by a process killed mid-write
 
-# nats per image, except *_batch_loss: the seed's convention, each batch's summed loss
-# averaged over batches (what the seed's table shows).
-METRIC_COLUMNS = (
-    "epoch", "step", "train_loss", "val_loss", "train_recon", "train_kl", "val_recon", "val_kl",
-    "train_batch_loss", "val_batch_loss", "beta", "lr", "train_seconds", "epoch_seconds",
-)
+
+
+def metric_columns(term_names: tuple[str, ...], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """metrics.csv's columns for a model reporting `term_names` (a single-level VAE's recon
+    and kl; a hierarchy's per-group KLs too): nats per image, except *_batch_loss, the
+    reference notebook's convention, each batch's summed loss averaged over batches (what its
+    table shows)."""
+    return ("epoch", "step", "train_loss", "val_loss", *(f"train_{t}" for t in term_names),
+            *(f"val_{t}" for t in term_names), "train_batch_loss", "val_batch_loss", "beta",
+            "lr", "train_seconds", "epoch_seconds", *extra)
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Run:
 
     path: Path
     config: Config
-    model: VAE
+    model: torch.nn.Module  # a model family's (models/interface.py)
     epoch: int
     metrics: list[dict[str, float]]
     device: torch.device
@@ -182,10 +186,11 @@ def write_config(run_dir: Path, config: Config) -> None:
         file.write("\n")
 
 
-def write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
+def write_metrics(run_dir: Path, rows: list[dict[str, float]], columns: tuple[str, ...]
+                  ) -> None:
     """Rewrite metrics.csv whole (it is small), so it always matches the checkpoint's history."""
     with atomic_open(run_dir / METRICS_FILE, "w") as file:
-        writer = csv.DictWriter(file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -16,7 +16,7 @@ from .checkpoint import load_weights
 from .config import Config
 from .distributed import launch_id
 from .losses import Totals
-from .model import VAE, build_model
+from .models import Objective, build_model
 
 
 @dataclass
@@ -24,7 +24,7 @@ class TrainingState:
     """Everything a run changes as it trains; `checkpoint()` captures all of it."""
 
     config: Config
-    model: VAE
+    model: torch.nn.Module  # a model family's (models/interface.py)
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator   # orders the batches of each epoch (CPU)
     # eps of the reparameterization, and dynamic binarization's draws (on the run's device).
@@ -33,12 +33,14 @@ class TrainingState:
     noise: torch.Generator
     binarizer: torch.Generator
     epoch: int = 0            # completed epochs
-    step: int = 0             # optimizer steps taken
+    step: int = 0             # optimizer steps taken (skipped ones included)
+    skipped: int = 0          # updates skipped for an outlying gradient norm
     best_val_loss: float = math.inf
     history: list[dict[str, float]] = field(default_factory=list)
     partial: EpochProgress | None = None  # an epoch stopped part-way
     steps_per_epoch: int = 0  # set once the training set is known
-    network: torch.nn.Module | None = None  # what computes: the model, or torch.compile of it
+    network: torch.nn.Module | None = None  # what computes the objective (models.Objective),
+    # or torch.compile of it, or DistributedDataParallel around either
     bf16: bool = False  # autocast the network's convolutions and matmuls to bfloat16
     data: dict[str, Any] | None = None  # what the run trains on (training.data_summary)
 
@@ -53,14 +55,22 @@ class TrainingState:
         noise = torch.Generator(device=device).manual_seed(config.seed + 1)
         binarizer = torch.Generator(device=device).manual_seed(config.seed + 2)
         compiled = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
+        objective = Objective(model)
         return cls(config, model, optimizer, shuffle, noise, binarizer,
-                   network=torch.compile(model) if compiled else model,
+                   network=torch.compile(objective) if compiled else objective,
                    bf16=uses_bf16(config.precision, device))
+
+    @property
+    def gradient_limits(self) -> tuple[float | None, float | None]:
+        """The gradient-norm clip and skip thresholds: the config's, else the family's own."""
+        return (self.config.grad_clip or self.model.default_grad_clip,
+                self.config.grad_skip or self.model.default_grad_skip)
 
     def checkpoint(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+            "skipped": self.skipped,
             "best_val_loss": self.best_val_loss, "history": self.history,
             "partial": self.partial.to_dict() if self.partial else None, "data": self.data,
             "launch": launch_id(),
@@ -80,11 +90,13 @@ class TrainingState:
         self.noise.set_state(rng["noise"])
         self.binarizer.set_state(rng["binarizer"])
         self.epoch, self.step = payload["epoch"], payload["step"]
+        self.skipped = payload.get("skipped", 0)  # written by vaelab since model families
         self.best_val_loss = payload["best_val_loss"]
         self.history = list(payload["history"])
         partial = payload.get("partial")
         device = next(self.model.parameters()).device
-        self.partial = EpochProgress.from_dict(partial, device) if partial else None
+        self.partial = EpochProgress.from_dict(partial, device, self.model.term_names) \
+            if partial else None
 
 
 @dataclass
@@ -102,8 +114,9 @@ class EpochProgress:
                 "seconds": self.seconds}
 
     @classmethod
-    def from_dict(cls, saved: dict[str, Any], device: torch.device) -> EpochProgress:
-        totals = Totals(device)
+    def from_dict(cls, saved: dict[str, Any], device: torch.device,
+                  names: tuple[str, ...]) -> EpochProgress:
+        totals = Totals(device, names)
         totals.sums.copy_(saved["sums"])
         totals.images = saved["images"]
         return cls(saved["order"].to(device), totals, saved["next_batch"], saved["seconds"])

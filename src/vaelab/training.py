@@ -36,14 +36,14 @@ from .data import (
 )
 from .errors import NonFiniteLoss, TrainingInterrupted, VaelabError
 from .evaluate import evaluate_elbo
-from .likelihoods import nll_samples
-from .losses import ELBOTerms, Totals, elbo_terms, iwae_terms
+from .losses import Totals
 from .runs import (
     BEST,
     LAST,
     check_writable,
     clear_run,
     holds_run,
+    metric_columns,
     remove_temporaries,
     run_lock,
     write_config,
@@ -230,6 +230,8 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
                    "beta": _kl_weight_now(state),
                    "lr": state.optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
                    "epoch_seconds": time.perf_counter() - started}
+            if state.gradient_limits[1] is not None:  # a run that may skip says how often
+                row["skipped_updates"] = state.skipped
             _end_epoch(state, row, run_dir)
             if on_epoch_end:
                 on_epoch_end(row)
@@ -245,7 +247,7 @@ def _train_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tenso
     batches = math.ceil(len(images) / size)
     progress = state.partial or EpochProgress(
         torch.randperm(len(images), generator=state.shuffle).to(images.device),
-        Totals(images.device))
+        Totals(images.device, state.model.term_names))
     state.partial = None
     started = time.perf_counter() - progress.seconds
     state.model.train()
@@ -263,7 +265,7 @@ def _train_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tenso
             progress.totals.add(terms)
             bar.update()
             if show and state.step % 50 == 0:
-                bar.set_postfix(loss=f"{terms.loss.mean().item():.2f}")
+                bar.set_postfix(loss=f"{terms['loss'].mean().item():.2f}")
             if stop.requested() is not None and batch + 1 < batches:
                 progress.next_batch, progress.seconds = batch + 1, time.perf_counter() - started
                 state.partial = progress
@@ -291,30 +293,25 @@ def learning_rate(config: Config, step: int, total_steps: int) -> float:
 
 
 def _step(state: TrainingState, x: torch.Tensor, y: torch.Tensor | None, epoch: int,
-          batch: int, beta: float) -> ELBOTerms:
-    """One Adam step on the batch's mean objective; refuses to apply a non-finite update."""
-    config, model, optimizer = state.config, state.network, state.optimizer
+          batch: int, kl_weight: float) -> dict[str, torch.Tensor]:
+    """One Adam step on the batch's mean objective; refuses to apply a non-finite update, and
+    skips one whose gradient norm is above the run's skip threshold (VDVAE's outliers)."""
+    config, network, optimizer = state.config, state.network, state.optimizer
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, state.step, config.epochs * state.steps_per_epoch)
-    iwae = config.iw_train > 1
+    samples = config.iw_train if config.iw_train > 1 else None
     # The noise of the whole global batch, then this rank's slice (see distributed).
     count, (start, stop) = len(x), distributed.share(len(x))
-    eps = torch.randn((config.iw_train,) * iwae + (count, config.latent_dim),
-                      generator=state.noise, device=x.device)
-    x, eps = x[start:stop], eps[..., start:stop, :]
+    noise = state.model.draw_noise(count, state.noise, samples)[..., start:stop, :]
+    x = x[start:stop]
     y = y[start:stop] if y is not None else None
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=state.bf16):
-        out = model(x, samples=config.iw_train if iwae else None, eps=eps, labels=y)
-    likelihood = state.model.likelihood
-    if iwae:
-        terms = iwae_terms(nll_samples(likelihood, out.params, x), out.z, out.mu, out.logvar,
-                           beta)
-    else:
-        terms = elbo_terms(likelihood.nll(out.params, x), out.mu, out.logvar, beta)
-    objective = distributed.rank_mean(terms.objective, count)
+        terms = network(x, noise, y, kl_weight, samples)
+    objective = distributed.rank_mean(terms["objective"], count)
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+    clip, skip = state.gradient_limits
+    grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), clip or math.inf)
     verdict = distributed.all_sum(objective.detach() + grad_norm)  # non-finite on one: on all
     if not torch.isfinite(verdict):
         what = "loss" if not torch.isfinite(objective) else "gradient"
@@ -322,7 +319,10 @@ def _step(state: TrainingState, x: torch.Tensor, y: torch.Tensor | None, epoch: 
             f"the {what} became {verdict.item()} in epoch {epoch}, "
             f"batch {batch + 1}; last.pt and best.pt keep epoch {state.epoch}. Start a new "
             f"run with a lower --lr (now {config.lr:g}) or with --grad-clip (e.g. 100)"))
-    optimizer.step()
+    if skip is not None and grad_norm > skip:  # the norm of the summed gradients: all agree
+        state.skipped += 1
+    else:
+        optimizer.step()
     state.step += 1
     return terms
 
@@ -342,7 +342,7 @@ def _checkpoint_bytes(state: TrainingState, train_images: int) -> int:
 def _start_files(state: TrainingState, run_dir: Path, train_images: int) -> None:
     check_writable(run_dir, 2 * _checkpoint_bytes(state, train_images))
     write_config(run_dir, state.config)
-    write_metrics(run_dir, state.history)  # matches last.pt even after a SIGKILL
+    write_metrics(run_dir, state.history, _columns(state))  # matches last.pt after a SIGKILL
 
 
 def _end_epoch(state: TrainingState, row: dict[str, float], run_dir: Path) -> None:
@@ -359,4 +359,9 @@ def _end_epoch(state: TrainingState, row: dict[str, float], run_dir: Path) -> No
     if improved:
         save_checkpoint(run_dir / BEST, payload, __version__)
     save_checkpoint(run_dir / LAST, payload, __version__)
-    write_metrics(run_dir, state.history)
+    write_metrics(run_dir, state.history, _columns(state))
+
+
+def _columns(state: TrainingState) -> tuple[str, ...]:
+    skipping = state.gradient_limits[1] is not None
+    return metric_columns(state.model.term_names, ("skipped_updates",) if skipping else ())

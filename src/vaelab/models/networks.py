@@ -1,7 +1,8 @@
-"""The VAE: encoder -> (mu, log sigma^2), reparameterize, decoder -> the likelihood's parameters.
+"""The networks of the single-level VAE: a convolutional encoder (B, C, H, W) -> mu, logvar
+(B, D) and decoder z (B, D) -> the likelihood's parameters, and their residual versions.
 
-`build_model(config)` is the one place that knows the architectures. For 1x28x28 images the
-default ("conv") is the reference notebook's network exactly (258,025 parameters):
+For 1x28x28 images the default ("conv") is the reference notebook's network exactly
+(258,025 parameters with the VAE at latent size 20):
 
     Encoder  1x28x28 -Conv(4,s2)+ReLU-> 32x14x14 -Conv(4,s2)+ReLU-> 64x7x7 -Flatten-> 3136
              -> Linear(3136, D) = mu,  Linear(3136, D) = log sigma^2
@@ -24,31 +25,13 @@ was chosen). With no classes the layers are exactly the unconditional ones.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import check_shape
-from .errors import ConfigError, VaelabError
-from .likelihoods import make_likelihood
-
-if TYPE_CHECKING:
-    from .config import Config
+from ..config import check_shape
 
 SEED_SHAPE = (1, 28, 28)
 ARCHS = ("conv", "resnet")
-
-
-class Decoded(NamedTuple):
-    """One pass through the VAE. With K samples per image every z-shaped tensor gains a
-    leading K: params (K, B, C * P, H, W), z (K, B, D); mu and logvar stay (B, D)."""
-
-    params: torch.Tensor
-    z: torch.Tensor
-    mu: torch.Tensor
-    logvar: torch.Tensor
 
 
 def _widths(count: int, first: int, most: int = 256) -> list[int]:
@@ -198,118 +181,3 @@ class ResNetDecoder(nn.Module):
         self.film = class_films(modulated, classes)
 
     forward = Decoder.forward
-
-
-class VAE(nn.Module):
-    """q(z|x) = N(mu(x), diag sigma^2(x)),  p(z) = N(0, I),  p(x|z) = `likelihood` with the
-    decoder's outputs as its parameters (the seed's: Bernoulli logits). With `classes` > 0 it
-    is conditional: q(z|x, y) and p(x|z, y), and every method takes the labels y."""
-
-    def __init__(self, latent_dim: int = 20, shape: tuple[int, int, int] = SEED_SHAPE,
-                 arch: str = "conv", likelihood: str = "bernoulli", components: int = 10,
-                 classes: int = 0):
-        super().__init__()
-        if arch not in ARCHS:
-            raise ConfigError(f"arch {arch!r} is unknown: choose one of {', '.join(ARCHS)}")
-        self.latent_dim, self.shape, self.arch = latent_dim, tuple(shape), arch
-        self.classes = classes
-        self.likelihood = make_likelihood(likelihood, components)
-        outputs = shape[0] * self.likelihood.params_per_channel
-        if arch == "conv":
-            self.encoder = Encoder(latent_dim, shape, classes)
-            self.decoder = Decoder(latent_dim, shape, outputs, classes)
-        else:
-            self.encoder = ResNetEncoder(latent_dim, shape, classes)
-            self.decoder = ResNetDecoder(latent_dim, shape, outputs, classes)
-        bias = self.likelihood.initial_bias(shape[0])
-        if bias is not None:  # set after every random draw: the weights are as before
-            with torch.no_grad():
-                self.decoder.net[-1].bias.copy_(bias)
-
-    @property
-    def conditional(self) -> bool:
-        return self.classes > 0
-
-    def condition(self, labels: torch.Tensor | None) -> torch.Tensor | None:
-        """The decoder's and encoder's extra input: labels (B,) as class indices, or (B, classes)
-        as weights over the classes (a blend of labels, for interpolation) -> (B, classes)
-        float; None for an unconditional model, which ignores labels."""
-        if not self.conditional:
-            return None
-        if labels is None:
-            raise VaelabError("this run is conditional: it needs the images' labels (a class "
-                              "for every sample)")
-        if labels.is_floating_point():
-            return labels.float()
-        return F.one_hot(labels, self.classes).float()
-
-    # Outputs are float32 even under bf16 autocast: the sampling and the loss need the precision.
-    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C, H, W) in [0, 1] -> mu, logvar: (B, D)."""
-        mu, logvar = self.encoder(x, self.condition(labels))
-        return mu.float(), logvar.float()
-
-    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """z: (B, D) -> the likelihood's parameters (B, C * P, H, W)."""
-        return self.decoder(z, self.condition(labels)).float()
-
-    def decode_mean(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """z: (B, D) -> the picture to show, E[x|z] (B, C, H, W) in [0, 1]."""
-        return self.likelihood.mean(self.decode(z, labels))
-
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
-                       generator: torch.Generator | None = None,
-                       eps: torch.Tensor | None = None) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I): the noise is outside the graph, so gradients
-        flow to mu and sigma. An explicit generator keeps runs resumable and evaluation fixed;
-        a given `eps` (B, D) is used as it is (a data-parallel rank's slice of a global draw)."""
-        if eps is None:
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + torch.exp(0.5 * logvar) * eps
-
-    @staticmethod
-    def sample_latents(mu: torch.Tensor, logvar: torch.Tensor, samples: int,
-                       generator: torch.Generator | None = None,
-                       eps: torch.Tensor | None = None) -> torch.Tensor:
-        """`samples` draws z ~ q(z|x) per image: mu, logvar (B, D) -> z (samples, B, D);
-        a given `eps` (samples, B, D) is used as it is."""
-        if eps is None:
-            eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device,
-                              dtype=mu.dtype)
-        return mu + torch.exp(0.5 * logvar) * eps
-
-    def decode_latents(self, z: torch.Tensor, labels: torch.Tensor | None = None
-                       ) -> torch.Tensor:
-        """z (K, B, D) -> params (K, B, C * P, H, W): all K x B decoded in one batch, each
-        sample of image b with image b's label."""
-        y = self.condition(labels)
-        if y is not None:
-            y = y.expand(z.shape[0], *y.shape).flatten(0, 1)
-        return self.decoder(z.flatten(0, 1), y).float().unflatten(0, z.shape[:2])
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                samples: int | None = None, eps: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> Decoded:
-        """x: (B, C, H, W) -> one z per image, or `samples` of them (the IWAE bound's),
-        decoded. Both go through forward so that torch.compile (and any wrapper) sees them.
-        `eps`, if given, is the noise itself: (B, D), or (samples, B, D)."""
-        mu, logvar = self.encode(x, labels)
-        if samples is None:
-            z = self.reparameterize(mu, logvar, generator, eps)
-            return Decoded(self.decode(z, labels), z, mu, logvar)
-        z = self.sample_latents(mu, logvar, samples, generator, eps)
-        return Decoded(self.decode_latents(z, labels), z, mu, logvar)
-
-
-def build_model(config: Config) -> VAE:
-    """The network a config describes: its latent size, image shape, architecture, likelihood
-    (whose parameters set the decoder's outputs) and, for a conditional run, its number of
-    classes."""
-    return VAE(config.latent_dim, config.image_shape, config.arch, config.likelihood,
-               config.mixture_components, classes=config.classes or 0)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
