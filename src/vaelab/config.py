@@ -30,6 +30,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # that compute it natively. No torch.compile: at batch 64 this small model is launch-bound
     # on a GPU, where compiling (and bf16) cost more than they saved (bench/gpu_check.sh).
     "fast": dict(lr=1e-2, schedule="onecycle", epochs=2, precision="auto"),
+    # The hierarchy at a GPU's size: wider blocks, more and larger latent groups.
+    "hvae-large": dict(model="hvae", hvae_channels=128, hvae_latent_channels=16, hvae_groups=4),
 }
 # Old names that still work, with a line saying the new one ("seed" read like --seed).
 RENAMED_RECIPES = {"seed": "reference"}
@@ -217,17 +219,17 @@ def stages(side: int) -> int:
     return count
 
 
-def check_shape(shape: tuple[int, int, int], arch: str,
+def check_shape(shape: tuple[int, int, int], network: str,
                 fix: str = "resize them with --image-size") -> int:
-    """The number of stride-2 stages for images of `shape` (C, H, W); a one-line error if the
-    architecture cannot take them."""
+    """The number of stride-2 stages for images of `shape` (C, H, W); a one-line error naming
+    the `network` (e.g. "--arch conv") if it cannot take them."""
     channels, height, width = shape
     if channels not in (1, 3):
         raise ConfigError(f"images with {channels} channels cannot be modelled: use --channels "
                           "1 (grey) or 3 (colour)")
     count = min(stages(height), stages(width))
     if count < FEWEST_STAGES:
-        raise ConfigError(f"images of {height}x{width} cannot be taken by --arch {arch}: each "
+        raise ConfigError(f"images of {height}x{width} cannot be taken by {network}: each "
                           f"side must be a multiple of 4 and at least 16 (e.g. 28, 32, 64); {fix}")
     return count
 
@@ -245,6 +247,11 @@ def _check_family_options(c: Config) -> None:
             if family != c.model and getattr(c, name) != defaults[name]:
                 _fail(name, getattr(c, name), f"an option of --model {family}, and this run is "
                       f"--model {c.model}: drop it, or choose --model {family}")
+
+
+def network_of(config: Config) -> str:
+    """How a one-line error names the network a config builds."""
+    return f"--arch {config.arch}" if config.model == "vae" else f"--model {config.model}"
 
 
 def flag_name(field_name: str) -> str:
@@ -316,7 +323,7 @@ def _check_values(c: Config) -> None:
         _fail("likelihood", c.likelihood, f"--binarize {c.binarize} makes images of 0s and 1s, "
               "not 8-bit ones: use --binarize none, or --likelihood bernoulli")
     if c.image_size is not None:
-        check_shape((c.channels or 1, c.image_size, c.image_size), c.arch,
+        check_shape((c.channels or 1, c.image_size, c.image_size), network_of(c),
                     "choose another --image-size")
     if not (math.isfinite(c.lr) and c.lr > 0):
         _fail("lr", c.lr, "must be a finite number > 0, e.g. 1e-3")

@@ -204,7 +204,7 @@ def _resize_and_crop(picture: Image.Image, size: int) -> Image.Image:
 # ---- a whole folder, through the cache -------------------------------------------------------
 
 def read_folder(listing: Listing, size: int | None, channels: int | None,
-                arch: str) -> torch.Tensor:
+                network: str) -> torch.Tensor:
     """Every image of the listing as one uint8 tensor (N, C, H, W), from the cache when it
     holds this very folder decoded with these options."""
     stats = [path.stat() for path in listing.files]
@@ -217,13 +217,13 @@ def read_folder(listing: Listing, size: int | None, channels: int | None,
         cached = cached if cached is not None and cached.shape[1] == channels else None
     if cached is not None:
         return cached
-    images = _decode_all(listing, size, channels, arch)
+    images = _decode_all(listing, size, channels, network)
     cache.write(key, images)
     return images
 
 
 def _decode_all(listing: Listing, size: int | None, channels: int | None,
-                arch: str) -> torch.Tensor:
+                network: str) -> torch.Tensor:
     files = listing.files
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         headers = list(pool.map(probe, files))
@@ -236,7 +236,7 @@ def _decode_all(listing: Listing, size: int | None, channels: int | None,
                 raise DataError(f"{path} is {_mode_name(found)} but {files[0]} is "
                                 f"{_mode_name(first_channels)}; give --channels 1 or 3")
         shape = (channels or first_channels, size or height, size or width)
-        check_shape(shape, arch)
+        check_shape(shape, network)
         check_memory(len(files), shape, listing.root)
         images = torch.empty((len(files), *shape), dtype=torch.uint8)
         log.info("decoding %d images from %s (once; later runs read the cache)", len(files),

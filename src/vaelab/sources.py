@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import network_of
 from .errors import DataError
 from .images import check_memory, fit, list_folder, read_folder
 
@@ -43,7 +44,7 @@ def load_image_data(config: Config) -> tuple[torch.Tensor, torch.Tensor | None,
             [name == "val" for name in listing.given])
         # split before decoding: a split that cannot work is reported at once
         is_val = _split(labels, len(listing.files), listing.classes, given, config, path)
-        images = read_folder(listing, config.image_size, config.channels, config.arch)
+        images = read_folder(listing, config.image_size, config.channels, network_of(config))
         classes = listing.classes
     return images, labels, classes, is_val
 

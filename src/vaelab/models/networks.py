@@ -44,7 +44,7 @@ class Encoder(nn.Module):
     def __init__(self, latent_dim: int, shape: tuple[int, int, int] = SEED_SHAPE,
                  classes: int = 0):
         super().__init__()
-        count = check_shape(shape, "conv")
+        count = check_shape(shape, "--arch conv")
         layers: list[nn.Module] = []
         channels = shape[0] + classes  # the image, then one plane per class
         for width in _widths(count, 32):
@@ -72,7 +72,7 @@ class Decoder(nn.Module):
     def __init__(self, latent_dim: int, shape: tuple[int, int, int] = SEED_SHAPE,
                  outputs: int = 1, classes: int = 0):
         super().__init__()
-        count = check_shape(shape, "conv")
+        count = check_shape(shape, "--arch conv")
         widths = _widths(count, 32)
         hidden = (widths[-1], shape[1] >> count, shape[2] >> count)
         # FiLM modulates each hidden stage's pre-activation: {index of its layer: channels}
@@ -143,7 +143,7 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, latent_dim: int, shape: tuple[int, int, int], classes: int = 0):
         super().__init__()
-        count = check_shape(shape, "resnet")
+        count = check_shape(shape, "--arch resnet")
         widths = _widths(count + 1, 64, 128)
         layers: list[nn.Module] = [nn.Conv2d(shape[0] + classes, widths[0], 3, padding=1)]
         for narrow, wide in zip(widths, widths[1:]):
@@ -164,7 +164,7 @@ class ResNetDecoder(nn.Module):
     def __init__(self, latent_dim: int, shape: tuple[int, int, int], outputs: int,
                  classes: int = 0):
         super().__init__()
-        count = check_shape(shape, "resnet")
+        count = check_shape(shape, "--arch resnet")
         widths = _widths(count + 1, 64, 128)
         hidden = (widths[-1], shape[1] >> count, shape[2] >> count)
         layers: list[nn.Module] = [nn.Linear(latent_dim + classes,
