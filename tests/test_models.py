@@ -159,6 +159,13 @@ def test_every_figure_command_and_the_report(family, data_dir, tmp_path, capsys)
     figures = {path.stem for path in (run / "figures").glob("*.png")}
     assert {"reconstructions", "samples", "interpolation", "latent", "curves"} <= figures
     assert (run / "report.html").is_file()
+    groups = len(load_run(run).model.group_sizes)
+    code, _, err = cli(capsys, "levels", run, "--n", 3)
+    if groups > 1:  # a hierarchy's own pictures, in the report too
+        assert code == 0, err
+        assert {"levels", "temperatures"} <= {path.stem for path in (run / "figures").glob("*")}
+    else:
+        assert code == 1 and "one latent group" in err
 
 
 def test_two_processes_compute_what_one_does(family, data_dir, tmp_path):

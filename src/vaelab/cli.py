@@ -186,6 +186,15 @@ def add_figure_commands(commands) -> None:
     p.add_argument("--n", type=int, default=8,
                    help="how many validation images, taking the classes in turn (default: 8)")
 
+    p = command("levels", "models with several latent groups: what each level holds (row k "
+                "keeps the top k groups of one sample)",
+                lambda r, run, val, a: [r.figure_levels(run, a.n, a.temperature, a.seed,
+                                                        a.label)], ["levels"])
+    p.add_argument("--n", type=int, default=8, help="columns (default: 8)")
+    p.add_argument("--temperature", type=float, default=1.0, help="T (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    p.add_argument("--label", metavar="CLASS", help="conditional runs: the class to draw")
+
     command("curves", "training curves from metrics.csv",
             lambda r, run, val, a: [r.figure_curves(run)], ["curves"])
 
@@ -200,7 +209,7 @@ def run_figures(args: argparse.Namespace) -> int:
     from .runs import FIGURES, load_run, validation_of
 
     run = load_run(args.run, args.checkpoint, args.device)
-    needs_data = args.command not in ("sample", "curves")
+    needs_data = args.command not in ("sample", "curves", "levels")
     val = validation_of(run, args.data_dir, args.data) if needs_data else None
     folder = Path(args.out) if args.out else run.path / FIGURES
     for figure, name in zip(args.make(report, run, val, args), args.files):

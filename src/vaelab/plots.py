@@ -132,6 +132,20 @@ def manifold(images: torch.Tensor, ink: bool = True, label: str | None = None) -
                       f"{written}", ink)
 
 
+def levels(images: torch.Tensor, groups: int, temperature: float, ink: bool = True) -> Figure:
+    """A hierarchy's held levels: images (groups * columns, ...), row k holding k groups."""
+    names = ["none held", *(f"top {k} held" for k in range(1, groups))]
+    spread = "" if temperature == 1 else f" at T = {temperature:g}"
+    return image_grid(images, len(images) // groups, f"What each level holds: row k keeps the "
+                      f"top k latent groups, the rest drawn anew{spread}", ink, row_names=names)
+
+
+def temperatures(images: torch.Tensor, values: tuple[float, ...], ink: bool = True) -> Figure:
+    """The same noise at each temperature: images (len(values) * columns, ...)."""
+    return image_grid(images, len(images) // len(values), "The same prior noise, each "
+                      "group's spread scaled by T", ink, row_names=[f"T = {t:g}" for t in values])
+
+
 def latent_scatter(points: torch.Tensor, labels: torch.Tensor | None, classes: tuple[str, ...],
                    method: str, means: str = "μ(x)") -> Figure:
     figure = Figure(figsize=(7, 6), dpi=DPI)

@@ -135,6 +135,29 @@ def figure_manifold(run: Run, n: int = 20, label: str | int | None = None) -> Fi
     return plots.manifold(generate.manifold(run.model, n, index), ink(run), of)
 
 
+def figure_levels(run: Run, columns: int = 8, temperature: float = 1.0, seed: int = 0,
+                  label: str | int | None = None) -> Figure:
+    """What each latent group holds (models with several): row k holds the top k groups of
+    one prior sample and draws the groups below afresh in every column."""
+    _at_least("--n", columns, 1)
+    groups = len(run.model.group_sizes)
+    if groups < 2:
+        raise VaelabError(f"{run.path} has one latent group ({run.model.summary}): there are "
+                          "no levels to hold; use `vaelab sample`")
+    index = run.label(label)
+    images = generate.held_levels(run.model, columns, temperature, seed, index)
+    return plots.levels(images, groups, temperature, ink(run))
+
+
+def figure_temperatures(run: Run, columns: int = 8, seed: int = 0,
+                        temperatures: tuple[float, ...] = (0.6, 0.8, 1.0)) -> Figure:
+    """The same prior noise decoded at each temperature, one row per temperature."""
+    noise = generate.prior_noise(run.model, columns, seed)
+    label = torch.zeros(columns, dtype=torch.long) if run.model.conditional else None
+    images = torch.cat([generate.from_noise(run.model, noise, t, label) for t in temperatures])
+    return plots.temperatures(images, temperatures, ink(run))
+
+
 def figure_curves(run: Run) -> Figure:
     if not run.metrics:
         raise VaelabError(f"{run.path} has no metrics.csv rows to plot")
@@ -154,6 +177,9 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
         figures["analogies"] = figure_analogies(run, val)
     if run.model.code_dim == 2:
         figures["manifold"] = figure_manifold(run)
+    if len(run.model.group_sizes) > 1:  # a hierarchy: its temperatures and its levels
+        figures["temperatures"] = figure_temperatures(run, seed=run.config.seed)
+        figures["levels"] = figure_levels(run, seed=run.config.seed)
     return figures
 
 
@@ -198,6 +224,11 @@ def _captions(run: Run, val: Split) -> dict[str, str]:
         "interpolation": f"Linear interpolation between the posterior means of {between}.",
         "latent": f"Posterior means of the {len(val):,} validation images{coloured}.",
         "manifold": "The 2-D latent space decoded on a grid over the prior's quantiles.",
+        "temperatures": "The same prior noise decoded with each latent group's standard "
+                        "deviation scaled by T: lower temperatures give cleaner, less varied "
+                        "images.",
+        "levels": "What each level holds: row k keeps the top k latent groups of one prior "
+                  "sample and draws the groups below afresh in each column.",
         **(_conditional_captions(run) if run.model.conditional else {}),
     }
 
