@@ -57,8 +57,10 @@ class Record:
         self.numbers[key] = value
 
     def figure(self, path: str | os.PathLike) -> None:
-        """A picture the bench wrote, shown on its page (a path inside the repository)."""
-        self.figures.append(Path(path).resolve().relative_to(REPO).as_posix())
+        """A picture the bench wrote: shown on its page if it lies in docs/."""
+        path = Path(path).resolve()
+        self.figures.append(path.relative_to(REPO).as_posix() if path.is_relative_to(REPO)
+                            else str(path))
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the JSON (default bench/results/NAME.json) whole, via a temporary file."""
