@@ -57,6 +57,7 @@ def test_k1_is_the_elbo_at_the_one_z_its_recon_used(trained_run, data_dir):
     assert abs(ratio.mean().item() - 1) < 4 * ratio.std().item() / math.sqrt(len(ratio))
 
 
+@pytest.mark.mutation
 def test_iwae_bound_identities():
     log_w = torch.tensor([[-3.0, 0.5], [-1.0, 0.5]])
     assert torch.allclose(iwae_bound(log_w[:1]), log_w[0])  # K = 1: the ELBO sample itself
@@ -64,6 +65,7 @@ def test_iwae_bound_identities():
     assert (iwae_bound(log_w) >= log_w.mean(0)).all()  # Jensen: L_K >= the mean of log w
 
 
+@pytest.mark.mutation
 def test_iwae_terms_report_the_elbo_parts_and_a_tighter_objective():
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 28, 28, generator=generator)
@@ -101,6 +103,7 @@ def binary_iwae_inputs(k=7, batch=3, dim=4):
     return logits, x, z, mu, logvar
 
 
+@pytest.mark.mutation
 @pytest.mark.parametrize("beta", [1.0, 0.3, 0.0])
 def test_iwae_objective_is_minus_the_bound_from_torch_distributions(beta):
     """objective = -log (1/K) sum_k p(x|z_k) [p(z_k) / q(z_k|x)]^beta, with Bernoulli(logits)
@@ -116,6 +119,7 @@ def test_iwae_objective_is_minus_the_bound_from_torch_distributions(beta):
         assert ((objective - unweighted).abs() > tolerance).all()
 
 
+@pytest.mark.mutation
 def test_summary_has_standard_errors_bits_and_active_units():
     estimates = {"log_px": -torch.tensor([100.0, 102.0, 104.0], dtype=torch.float64),
                  "recon": torch.tensor([80.0, 82.0, 84.0], dtype=torch.float64),
@@ -134,6 +138,7 @@ def test_summary_has_standard_errors_bits_and_active_units():
     assert result["effective_samples_median"] == 40.0
 
 
+@pytest.mark.mutation
 def test_bernoulli_floor_is_none_for_binary_images_and_the_grayscale_floor():
     binary = torch.tensor([0, 255], dtype=torch.uint8).repeat(392).view(1, 1, 28, 28)
     assert Bernoulli().floor(to_float(binary)) is None
@@ -308,6 +313,7 @@ def test_evaluate_rejects_bad_arguments(capsys, trained_run, args, words):
     assert all(word in err for word in words)
 
 
+@pytest.mark.mutation
 def test_evaluate_rejects_a_missing_run(capsys, tmp_path):
     code, _, err = cli(capsys, "evaluate", tmp_path / "nothing-here")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "no run directory" in err

@@ -11,6 +11,8 @@ from test_images import pictures
 
 import vaelab.images
 
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
+
 
 def empty(root):
     root.mkdir(parents=True)

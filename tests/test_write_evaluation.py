@@ -53,6 +53,7 @@ def expected_summary(run_dir, images, samples, seed=0, checkpoint="best"):
 
 
 
+@pytest.mark.mutation
 def test_write_evaluation_writes_what_it_measured(data_dir, tmp_path):
     """Same model, images, K and seed: the same deterministic computation, so equality."""
     from vaelab.evaluate import write_evaluation
@@ -75,6 +76,7 @@ def test_write_evaluation_writes_what_it_measured(data_dir, tmp_path):
     assert other_seed["nll"] != result["nll"]  # the seed reaches the sampler
 
 
+@pytest.mark.mutation
 def test_write_evaluation_of_the_last_checkpoint_with_the_default_seed(data_dir, tmp_path):
     from vaelab.evaluate import write_evaluation
 
@@ -88,6 +90,7 @@ def test_write_evaluation_of_the_last_checkpoint_with_the_default_seed(data_dir,
     assert {k: result[k] for k in expected} == expected
 
 
+@pytest.mark.mutation
 def test_write_evaluation_data_dir_overrides_the_runs_own(data_dir, tmp_path, monkeypatch):
     """Neither the run's folder nor $VAELAB_DATA_DIR holds the files: only the argument does.
     (Also the defaults: 5000 importance samples, on the test split.)"""
@@ -100,6 +103,7 @@ def test_write_evaluation_data_dir_overrides_the_runs_own(data_dir, tmp_path, mo
     assert (result["images"], result["iw_samples"], result["split"]) == (2, 5000, "test")
 
 
+@pytest.mark.mutation
 def test_write_evaluation_train_split_of_a_static_run(
         data_dir, tmp_path):
     from vaelab.evaluate import write_evaluation
@@ -117,6 +121,7 @@ def test_write_evaluation_train_split_of_a_static_run(
     assert "pixel_entropy" not in result
 
 
+@pytest.mark.mutation
 def test_write_evaluation_train_split_of_a_dynamic_run(
         data_dir, tmp_path):
     from vaelab.evaluate import write_evaluation
@@ -130,6 +135,7 @@ def test_write_evaluation_train_split_of_a_dynamic_run(
     assert {k: result[k] for k in expected} == expected
 
 
+@pytest.mark.mutation
 @pytest.mark.parametrize("kwargs, words", [
     ({"samples": 0}, "--iw-samples 0 is not allowed: it must be at least 1"),
     ({"limit": 0}, "--limit 0 is not allowed: it must be at least 1"),
@@ -147,6 +153,7 @@ def test_write_evaluation_refuses_impossible_requests_before_writing(
     assert not (run / "eval.json").exists()
 
 
+@pytest.mark.mutation
 def test_write_evaluation_accepts_one_sample_and_one_image(data_dir, tmp_path):
     from vaelab.evaluate import write_evaluation
 
@@ -156,6 +163,7 @@ def test_write_evaluation_accepts_one_sample_and_one_image(data_dir, tmp_path):
     assert "exact_nll" in result  # --exact reaches evaluate_run
 
 
+@pytest.mark.mutation
 def test_write_evaluation_reports_an_unwritable_run_folder(data_dir, tmp_path, monkeypatch):
     import errno
 
@@ -173,6 +181,7 @@ def test_write_evaluation_reports_an_unwritable_run_folder(data_dir, tmp_path, m
         write_evaluation(str(run), samples=1, limit=1, progress=False)
 
 
+@pytest.mark.mutation
 def test_evaluate_run_exact_adds_the_quadrature(data_dir, tmp_path, capsys):
     from vaelab.evaluate import evaluate_run
     from vaelab.quadrature import compare_with_estimate
@@ -197,6 +206,7 @@ def test_evaluate_run_exact_adds_the_quadrature(data_dir, tmp_path, capsys):
     assert plain["nll"] == summarize(log_likelihood_iw(model, images, 4, seed=0), 784)["nll"]
 
 
+@pytest.mark.mutation
 def test_summary_of_one_image_and_the_active_unit_threshold():
     """n = 1: no spread to estimate (nan); a unit needs a variance above 0.01 to be active,
     computed with 1/n over the images (0.0081 with 1/n, inactive; 0.0162 with 1/(n-1))."""
