@@ -41,6 +41,7 @@ from .losses import ELBOTerms, Totals, elbo_terms, iwae_terms
 from .runs import (
     BEST,
     LAST,
+    check_unlocked,
     check_writable,
     clear_run,
     holds_run,
@@ -106,6 +107,7 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
     Under torchrun every rank reads last.pt (on several nodes RUN must be on a shared
     filesystem), at any world size; rank 0 alone locks and writes RUN."""
     run_dir = Path(run_dir)
+    check_unlocked(run_dir)  # a live run is named by its lock, whatever it has written yet
     require_checkpoint(run_dir / LAST)
     check_resume_changes(changes)
     payload = load_checkpoint(run_dir / LAST)  # atomic renames: never a half-written file
