@@ -6,20 +6,18 @@ import math
 
 import pytest
 import torch
-from closed_form import closed_form_log_px, closed_form_model, float32_tolerance
+from closed_form import (
+    QUADRATURE_ERROR,
+    closed_form_log_px,
+    closed_form_model,
+    float32_tolerance,
+)
 
 from vaelab.data import load_split, to_float
 from vaelab.evaluate import evaluate_elbo, evaluate_run, log_likelihood_iw
 from vaelab.quadrature import compare_with_estimate, log_marginal
 
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
-
-# The quadrature sums p(z) on a grid over a box holding every point within 30 nats of the
-# peak: the Gaussian's mass outside it is below 2e-14 per axis, and a Riemann sum of a
-# Gaussian on a grid this fine errs by far less (exponentially small in 1/spacing^2); the
-# float64 sum of at most 641^2 terms adds 641^2 eps64 relative. Together below 1e-10 nats.
-QUADRATURE_ERROR = 2 * 2e-14 + 641 ** 2 * torch.finfo(torch.float64).eps
-
 
 @pytest.fixture(scope="module")
 def images(data_dir):
