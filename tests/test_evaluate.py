@@ -295,17 +295,23 @@ def test_evaluate_writes_eval_json_and_prints_a_table(capsys, trained_run):
     assert 0 < result["active_units"] <= 20 and result["pixel_entropy"] > 0
 
 
-def test_binarized_runs_are_measured_on_one_shared_binarization(tiny_config, tmp_path, capsys):
-    for name in ("a", "b"):
-        train(tiny_config.replace(binarize="dynamic", seed=ord(name)), tmp_path / name)
+def test_binarized_runs_are_measured_on_one_shared_binarization(tiny_config, tmp_path, capsys,
+                                                                 monkeypatch):
+    """Two runs binarized differently (dynamic with seed 97, static with seed 98) are both
+    evaluated on the same images: the test images binarized once with TEST_BINARIZATION_SEED,
+    whatever the run's own seed or binarization."""
+    seen = spy_on_evaluated_images(monkeypatch)
+    for name, binarization in (("a", "dynamic"), ("b", "static")):
+        train(tiny_config.replace(binarize=binarization, seed=ord(name), limit_train=128),
+              tmp_path / name)
         assert cli(capsys, "evaluate", tmp_path / name, "--iw-samples", 2, "--limit", 50,
                    "--quiet")[0] == 0
+        assert "pixel_entropy" not in json.loads((tmp_path / name / "eval.json").read_text())
     val = load_split("mnist", "val", tiny_config.data_dir, limit=50)
-    images = validation_images(tiny_config.replace(binarize="dynamic"), val)
-    assert set(images.unique().tolist()) == {0, 255}
-    assert torch.equal(images, validation_images(
-        tiny_config.replace(binarize="static", seed=5), val))
-    assert "pixel_entropy" not in json.loads((tmp_path / "a" / "eval.json").read_text())
+    shared = binarize(val.images, TEST_BINARIZATION_SEED)
+    assert len(seen) == 2 and all(torch.equal(images, shared) for images in seen)
+    assert set(shared.unique().tolist()) == {0, 255}
+    assert not torch.equal(shared, binarize(val.images, ord("a")))  # the seed matters
 
 
 @pytest.mark.parametrize("args, words", [
