@@ -11,6 +11,7 @@ import torch
 from vaelab.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
+    _first_line,
     atomic_open,
     config_from_checkpoint,
     file_sha256,
@@ -140,3 +141,8 @@ def test_a_config_or_weights_that_do_not_fit_name_the_file(tmp_path):
                                         "describes (Error(s) in loading state_dict")
     assert str(caught.value).endswith("its vaelab (0.0) built another network for that "
                                       "config: retrain it")
+
+
+def test_an_errors_first_line_keeps_its_type():
+    assert _first_line(ValueError("bad header\nmore detail")) == "ValueError: bad header"
+    assert _first_line(RuntimeError("  ")) == "RuntimeError"

@@ -242,6 +242,7 @@ def test_torchruns_launch_id_and_restart_count(monkeypatch):
     ("NCCL error in: x.cpp:1, unhandled system error", True,
      "NCCL error in: x.cpp:1, unhandled system error"),
     ("Connection reset by peer", True, "Connection reset by peer"),
+    ("gloo transport closed", True, "gloo transport closed"),
     ("mat1 and mat2 shapes cannot be multiplied", False,
      "mat1 and mat2 shapes cannot be multiplied"),
 ])
@@ -271,6 +272,46 @@ def test_the_ranks_that_did_not_check_in_are_named(monkeypatch, alive, named):
     assert distributed._lost_ranks() == named
     assert store.check(["vaelab/alive/0"])  # it checked in itself
     assert signal.getsignal(signal.SIGTERM) is before  # ignored while waiting only
+
+
+class LateStore:
+    """A store where rank 1 checks in only after the survivor's first look, and which notes
+    whether SIGTERM was ignored while it was asked."""
+
+    def __init__(self):
+        self.looks, self.keys, self.sigterm = 0, {"vaelab/alive/1"}, []
+
+    def set(self, key, value):
+        self.keys.add(key)
+
+    def check(self, keys):
+        self.looks += 1
+        self.sigterm.append(signal.getsignal(signal.SIGTERM))
+        return self.looks > 1 and set(keys) <= self.keys
+
+
+@pytest.mark.mutation
+def test_a_rank_that_checks_in_late_is_waited_for_with_signals_held(monkeypatch):
+    store = LateStore()
+    torchrun_environment(monkeypatch, 0, 2)
+    monkeypatch.setattr(distributed, "CHECK_IN_SECONDS", 60)
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
+    assert distributed._lost_ranks() == "contact with a rank"
+    assert store.looks >= 2 and set(store.sigterm) == {signal.SIG_IGN}
+
+
+@pytest.mark.mutation
+def test_off_the_main_thread_the_signals_are_left_alone(monkeypatch):
+    import threading
+
+    store, named = LateStore(), []
+    torchrun_environment(monkeypatch, 0, 2)
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
+    worker = threading.Thread(target=lambda: named.append(distributed._lost_ranks()))
+    worker.start()
+    worker.join()
+    assert named == ["contact with a rank"]
+    assert signal.SIG_IGN not in store.sigterm
 
 
 @pytest.mark.mutation

@@ -13,6 +13,7 @@ from closed_form import (
     closed_form_log_px,
     closed_form_model,
     float32_tolerance,
+    use_small_grids,
 )
 from helpers import cli, sha256
 
@@ -198,9 +199,10 @@ def test_write_evaluation_reports_an_unwritable_run_folder(data_dir, tmp_path, m
 
 
 @pytest.mark.mutation
-def test_evaluate_run_exact_adds_the_quadrature(data_dir, tmp_path, capsys):
+def test_evaluate_run_exact_adds_the_quadrature(data_dir, tmp_path, capsys, monkeypatch):
     from vaelab.evaluate import evaluate_run
 
+    use_small_grids(monkeypatch)
     run = untrained_run(tmp_path / "run", True, data_dir=str(data_dir), latent_dim=1)
     model = load_run(run).model
     images = load_split("mnist", "val", data_dir, limit=2).images
