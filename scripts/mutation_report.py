@@ -73,13 +73,15 @@ def main() -> int:
         killed = counts["killed"] + counts["timeout"]
         rate = 100 * killed / total if total else 100.0
         seconds = sum(records["durations_by_key"].values())
+        unchecked = counts["not checked"]
         rows.append((module, total, counts["killed"], counts["survived"], counts["timeout"],
-                     total - killed - counts["survived"], rate, seconds))
+                     total - killed - counts["survived"] - unchecked, unchecked, rate, seconds))
         if rate < args.min_killed:
             failing.append(f"{module}: {rate:.1f}% killed")
         survivors += [(module, name, STATUS.get(code, "suspicious"))
                       for name, code in sorted(records["exit_code_by_key"].items())
-                      if STATUS.get(code, "suspicious") not in ("killed", "timeout")]
+                      if STATUS.get(code, "suspicious") not in ("killed", "timeout",
+                                                                 "not checked")]
 
     commit = git("rev-parse", "HEAD")
     dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--", "src",
@@ -91,17 +93,21 @@ def main() -> int:
              f"Measured at commit `{commit}`{dirty}"
              + (f"; the whole run took {args.seconds / 60:.1f} min" if args.seconds else "")
              + ".", "",
-             "| module | mutants | killed | survived | timeouts | other | killed % | test time |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for module, total, killed, survived, timeouts, other, rate, seconds in rows:
+             "| module | mutants | killed | survived | timeouts | other | not checked | "
+             "killed % | test time |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for module, total, killed, survived, timeouts, other, unchecked, rate, seconds in rows:
         lines.append(f"| {module} | {total} | {killed} | {survived} | {timeouts} | {other} | "
-                     f"{rate:.1f} | {seconds:.0f} s |")
+                     f"{unchecked} | {rate:.1f} | {seconds:.0f} s |")
     all_total = sum(row[1] for row in rows)
     all_killed = sum(row[2] + row[4] for row in rows)
+    not_checked = sum(row[6] for row in rows)
     lines += [f"| all | {all_total} | {sum(r[2] for r in rows)} | {sum(r[3] for r in rows)} | "
-              f"{sum(r[4] for r in rows)} | {sum(r[5] for r in rows)} | "
+              f"{sum(r[4] for r in rows)} | {sum(r[5] for r in rows)} | {not_checked} | "
               f"{100 * all_killed / max(all_total, 1):.1f} | "
-              f"{sum(r[7] for r in rows):.0f} s |", "",
+              f"{sum(r[8] for r in rows):.0f} s |", "",
+              *([f"**This run stopped before it checked {not_checked} mutants**: their "
+                 "modules' rates count them as not killed.", ""] if not_checked else []),
               "Timeouts count as killed (the mutant made a test hang), as in mutmut's score. "
               "Lines that only log (`log.info(...)` and the like) are not mutated "
               "(`do_not_mutate_patterns`).", "", "## Survivors", "",
@@ -118,9 +124,10 @@ def main() -> int:
         lines.append("None.")
     OUT.write_text("\n".join(lines) + "\n")
     print(f"mutation results: {OUT.relative_to(REPO)}")
-    for line in lines[6:8 + len(rows) + 1]:
+    for line in lines[6:9 + len(rows)]:
         print(line)
-    problems = failing + [f"unexplained survivor {name}" for name in unexplained]
+    problems = failing + [f"unexplained survivor {name}" for name in unexplained] + \
+        ([f"{not_checked} mutants not checked"] if not_checked else [])
     for problem in problems:
         print(f"mutation: {problem}", file=sys.stderr)
     return 1 if problems else 0

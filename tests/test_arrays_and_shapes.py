@@ -68,6 +68,12 @@ def test_every_array_layout(tmp_path):
     np.save(tmp_path / "plain.npy", IMAGES)
     images, labels, classes, given = _read_arrays(tmp_path / "plain.npy")
     assert images.shape == (6, 4, 4, 1) and (labels, classes, given) == (None, (), None)
+    np.save(tmp_path / "floats.npy", IMAGES.astype(np.float32))
+    assert refused(_read_arrays, tmp_path / "floats.npy") == (
+        f"{tmp_path / 'floats.npy'}: the array has dtype float32; vaelab reads uint8 images "
+        "(0-255): convert with (x * 255).round().astype(numpy.uint8)")
+    np.savez(tmp_path / "extra.npz", images=IMAGES, aaa=np.zeros(3))  # `images` is chosen
+    assert _read_arrays(tmp_path / "extra.npz")[0].shape == (6, 4, 4, 1)
     np.savez(tmp_path / "one.npz", IMAGES)  # a single unnamed array: the images
     assert _read_arrays(tmp_path / "one.npz")[0].shape == (6, 4, 4, 1)
     np.savez(tmp_path / "named.npz", pictures=IMAGES, labels=np.array([0, 1, 2, 0, 1, 2]))
@@ -96,6 +102,12 @@ def test_every_array_layout(tmp_path):
       "classes": np.array(["a", "b", "c"])}, "label 3 has no name in `classes` (3 names)"),
     ({"images": IMAGES, "classes": np.array(["a", 1], dtype=object)},
      "`classes` is an object array; save the names as strings, numpy.array(names, dtype=str)"),
+    ({"images": IMAGES.astype(np.int16)}, "images has dtype int16; vaelab reads uint8 images "
+     "(0-255): convert with (x * 255).round().astype(numpy.uint8)"),
+    ({"x_train": IMAGES.astype(np.int16), "x_test": IMAGES}, "x_train has dtype int16; vaelab"
+     " reads uint8 images (0-255): convert with (x * 255).round().astype(numpy.uint8)"),
+    ({"images": IMAGES, "labels": np.zeros(5, int)},
+     "6 images but 5 labels; there must be one label per image"),
 ])
 def test_every_refused_array_names_the_file(tmp_path, arrays, message):
     np.savez(tmp_path / "a.npz", **arrays)

@@ -1,5 +1,6 @@
-"""The discretized logistics' per-image -log p(x|z) against scipy on colour images, their bounds
-on the scale, and their sampling (fast: run for every mutant)."""
+"""The likelihoods one by one: the discretized logistics' per-image -log p(x|z) against scipy on
+colour images, their bounds on the scale and their sampling; the Bernoulli's draws and the
+registry (fast: run for every mutant)."""
 
 import math
 
@@ -16,6 +17,7 @@ from vaelab.discretized import (
     expected_value,
     sample_values,
 )
+from vaelab.likelihoods import Bernoulli, make_likelihood, nll_samples
 
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
 
@@ -127,3 +129,32 @@ def test_the_mixture_picks_components_by_their_weights():
     draws = DiscretizedLogisticMixture(2).sample(params, torch.Generator().manual_seed(0))
     share = (draws < 0.5).double().mean().item()
     assert abs(share - 0.9) <= 5 * math.sqrt(0.9 * 0.1 / n)
+
+
+def test_bernoulli_draws_ones_at_the_rate_sigmoid_gives_and_follows_the_generator():
+    """Each sub-pixel is 1 with probability sigmoid(logit): 0.2 here, within 5 binomial
+    standard errors over 20,000 draws."""
+    n = 20_000
+    logits = torch.full((n, 1, 1, 1), math.log(0.2 / 0.8))
+
+    def draw(seed):
+        torch.manual_seed(seed + 100)
+        return Bernoulli().sample(logits, torch.Generator().manual_seed(seed))
+
+    ones = draw(0)
+    assert set(ones.unique().tolist()) == {0.0, 1.0} and ones.dtype == torch.float32
+    assert abs(ones.mean().item() - 0.2) <= 5 * math.sqrt(0.2 * 0.8 / n)
+    assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))
+
+
+def test_the_registry_and_k_decodes_per_image():
+    assert isinstance(make_likelihood("bernoulli"), Bernoulli)
+    assert isinstance(make_likelihood("logistic"), DiscretizedLogistic)
+    mixture = make_likelihood("logistic-mixture", 4)
+    assert mixture.components == 4 and mixture.params_per_channel == 12
+    assert make_likelihood("logistic-mixture").components == 10
+    params = torch.randn(3, 2, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    each = nll_samples(Bernoulli(), params, x)
+    assert each.shape == (3, 2)
+    assert torch.equal(each[2], Bernoulli().nll(params[2], x))
