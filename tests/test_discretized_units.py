@@ -99,7 +99,6 @@ def test_samples_are_levels_clamped_to_the_range_and_follow_the_generator():
     mean, log_scale = torch.rand(1000), torch.full((1000,), -2.0)
 
     def draw(seed):
-        torch.manual_seed(seed + 100)  # the global stream must not matter
         return sample_values(mean, log_scale, torch.Generator().manual_seed(seed))
 
     assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
@@ -112,7 +111,6 @@ def test_a_colour_sample_has_the_images_shape_and_follows_the_generator(likeliho
                          generator=torch.Generator().manual_seed(0))
 
     def draw(seed):
-        torch.manual_seed(seed + 100)
         return likelihood.sample(params, torch.Generator().manual_seed(seed))
 
     assert draw(0).shape == (2, 3, 4, 5)
@@ -120,15 +118,18 @@ def test_a_colour_sample_has_the_images_shape_and_follows_the_generator(likeliho
 
 
 def test_the_mixture_picks_components_by_their_weights():
-    """Two components far apart (means 0.2 and 0.8, tiny scales), weights 0.9 and 0.1 on every
-    sub-pixel: the share of draws near 0.2 is 0.9 within 5 binomial standard errors."""
+    """Three components far apart (means 0.1, 0.5 and 0.9, tiny scales), weights 0.6, 0.3 and
+    0.1 on every sub-pixel: each component's share of the draws is its weight within 5
+    binomial standard errors. (With two components a reversed Gumbel would pick alike: the
+    difference of two Gumbels is symmetric.)"""
     n = 20_000
-    logits = torch.tensor([math.log(0.9), math.log(0.1)])
-    means, log_scales = torch.tensor([0.2, 0.8]), torch.full((2,), -6.0)
-    params = torch.stack([logits, means, log_scales]).view(1, 6, 1, 1).expand(n, 6, 1, 1)
-    draws = DiscretizedLogisticMixture(2).sample(params, torch.Generator().manual_seed(0))
-    share = (draws < 0.5).double().mean().item()
-    assert abs(share - 0.9) <= 5 * math.sqrt(0.9 * 0.1 / n)
+    weights = torch.tensor([0.6, 0.3, 0.1])
+    means, log_scales = torch.tensor([0.1, 0.5, 0.9]), torch.full((3,), -6.0)
+    params = torch.stack([weights.log(), means, log_scales]).view(1, 9, 1, 1).expand(n, 9, 1, 1)
+    draws = DiscretizedLogisticMixture(3).sample(params, torch.Generator().manual_seed(0))
+    for k, weight in enumerate(weights.tolist()):
+        share = ((draws - means[k]).abs() < 0.2).double().mean().item()
+        assert abs(share - weight) <= 5 * math.sqrt(weight * (1 - weight) / n), k
 
 
 def test_bernoulli_draws_ones_at_the_rate_sigmoid_gives_and_follows_the_generator():
@@ -138,7 +139,6 @@ def test_bernoulli_draws_ones_at_the_rate_sigmoid_gives_and_follows_the_generato
     logits = torch.full((n, 1, 1, 1), math.log(0.2 / 0.8))
 
     def draw(seed):
-        torch.manual_seed(seed + 100)
         return Bernoulli().sample(logits, torch.Generator().manual_seed(seed))
 
     ones = draw(0)
