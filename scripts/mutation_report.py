@@ -59,6 +59,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, help="wall time of the whole mutmut run")
     parser.add_argument("--min-killed", type=float, default=90.0)
+    parser.add_argument("--commit", help="the commit mutmut copied (default: HEAD, as `make "
+                        "mutation` runs it)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line to add under the header (e.g. how a run was cut short)")
     args = parser.parse_args()
 
     modules = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"][
@@ -83,16 +87,16 @@ def main() -> int:
                       if STATUS.get(code, "suspicious") not in ("killed", "timeout",
                                                                  "not checked")]
 
-    commit = git("rev-parse", "HEAD")
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--", "src",
-                                                 "tests", "pyproject.toml") else ""
+    commit = git("rev-parse", args.commit or "HEAD")
+    dirty = " (with uncommitted changes)" if not args.commit and git(
+        "status", "--porcelain", "--", "src", "tests", "pyproject.toml") else ""
     lines = ["# Mutation testing", "",
              "Written by `make mutation` (scripts/mutation_report.py, from mutmut's records): "
              "do not edit by hand. Each mutant is run against the fast tests marked "
              "`mutation` that cover it ([tool.mutmut] in pyproject.toml).", "",
              f"Measured at commit `{commit}`{dirty}"
              + (f"; the whole run took {args.seconds / 60:.1f} min" if args.seconds else "")
-             + ".", "",
+             + ".", "", *[f"{note}\n" for note in args.note],
              "| module | mutants | killed | survived | timeouts | other | not checked | "
              "killed % | test time |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
