@@ -76,7 +76,11 @@ def main() -> int:
         total = sum(counts.values())
         killed = counts["killed"] + counts["timeout"]
         rate = 100 * killed / total if total else 100.0
-        seconds = sum(records["durations_by_key"].values())
+        # mutmut's own timing of each mutant where it kept one, else its estimate from the
+        # covering tests' durations (forkserver runs keep only the estimate)
+        checked = [name for name, code in records["exit_code_by_key"].items() if code is not None]
+        seconds = sum(records["durations_by_key"].get(name) or
+                      records["estimated_durations_by_key"].get(name, 0.0) for name in checked)
         unchecked = counts["not checked"]
         rows.append((module, total, counts["killed"], counts["survived"], counts["timeout"],
                      total - killed - counts["survived"] - unchecked, unchecked, rate, seconds))
@@ -98,7 +102,7 @@ def main() -> int:
              + (f"; the whole run took {args.seconds / 60:.1f} min" if args.seconds else "")
              + ".", "", *[f"{note}\n" for note in args.note],
              "| module | mutants | killed | survived | timeouts | other | not checked | "
-             "killed % | test time |",
+             "killed % | tests' time |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for module, total, killed, survived, timeouts, other, unchecked, rate, seconds in rows:
         lines.append(f"| {module} | {total} | {killed} | {survived} | {timeouts} | {other} | "
