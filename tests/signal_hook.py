@@ -18,7 +18,6 @@ import io
 import os
 import signal
 import sys
-import time
 
 
 def kill_half_written(real_save):
@@ -39,13 +38,37 @@ def signalling(real, at: int, signals: list[int], pid: int):
     def hooked(*args, **kwargs):
         nonlocal calls
         calls += 1
-        if calls == at and pid:
+        if calls == at and pid == os.getpid():
             for signum in signals:  # each is handled (or raised) before the next line runs
-                os.killpg(os.getpgid(0), signum) if pid < 0 else os.kill(pid, signum)
-            if pid != os.getpid():  # torchrun forwards it to every rank while this one waits
-                time.sleep(1)
+                os.kill(pid, signum)
+        elif calls == at and pid:
+            send_and_wait_for_forwarding(signals, pid)
         return real(*args, **kwargs)
     return hooked
+
+
+def send_and_wait_for_forwarding(signals: list[int], pid: int) -> None:
+    """Signal torchrun (pid > 0) or this process's group, this process included (pid < 0),
+    then wait until each signal has reached this rank: torchrun forwards what it gets to every
+    rank; the group's signal arrives at once, and once more from torchrun if torchrun shares
+    the group (recent torchruns start each rank in a session of its own, so then it does not).
+    Python's wakeup fd receives a byte per signal that arrives, while the signal's own handler
+    still runs as usual: the wait is on the signals themselves, not on a timer."""
+    shares_a_group = pid < 0 and os.getpgid(0) != os.getpid()
+    expected = len(signals) * (2 if shares_a_group else 1)
+    arrived, wakeup = os.pipe()
+    os.set_blocking(wakeup, False)
+    previous = signal.set_wakeup_fd(wakeup)
+    try:
+        for signum in signals:
+            os.killpg(os.getpgid(0), signum) if pid < 0 else os.kill(pid, signum)
+        received = b""
+        while len(received) < expected:
+            received += os.read(arrived, expected - len(received))
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(arrived)
+        os.close(wakeup)
 
 
 def install(target: str, at: int, action: str) -> None:

@@ -1,7 +1,6 @@
 """`vaelab explore`: the Gradio app on 127.0.0.1, driven in headless Chromium."""
 
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -36,13 +35,12 @@ def image_src(page, selector):
 
 
 def changed(page, selector, before, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = image_src(page, selector)
-        if now and now != before:
-            return now
-        time.sleep(0.1)
-    raise AssertionError(f"{selector} did not change")
+    """The new src of SELECTOR's image, once the page has changed it (the browser tells)."""
+    page.wait_for_function(
+        "([selector, before]) => { const img = document.querySelector(selector + ' img');"
+        " const src = img && img.getAttribute('src'); return !!src && src !== before; }",
+        arg=[selector, before], timeout=timeout * 1000)
+    return image_src(page, selector)
 
 
 def set_number(page, selector, value):

@@ -9,6 +9,8 @@ from vaelab import Config
 from vaelab.cli import build_parser
 from vaelab.errors import ConfigError
 
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
+
 
 def test_defaults_are_the_seeds():
     config = Config()

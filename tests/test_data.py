@@ -13,6 +13,8 @@ from vaelab.data import load_split, to_float
 from vaelab.errors import DataError
 from vaelab.idx import SPLIT_FILES, find_files, read_idx, resolve_data_dir
 
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
+
 RAW = "MNIST/raw"
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 VAL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

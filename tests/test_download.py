@@ -13,6 +13,8 @@ from test_data import RAW, md5
 from vaelab.data import load_split
 from vaelab.errors import DataError
 
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
+
 
 @pytest.fixture()
 def mirror(data_dir, tmp_path, monkeypatch):

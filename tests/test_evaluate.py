@@ -57,6 +57,7 @@ def test_k1_is_the_elbo_at_the_one_z_its_recon_used(trained_run, data_dir):
     assert abs(ratio.mean().item() - 1) < 4 * ratio.std().item() / math.sqrt(len(ratio))
 
 
+@pytest.mark.mutation
 def test_iwae_bound_identities():
     log_w = torch.tensor([[-3.0, 0.5], [-1.0, 0.5]])
     assert torch.allclose(iwae_bound(log_w[:1]), log_w[0])  # K = 1: the ELBO sample itself
@@ -64,6 +65,7 @@ def test_iwae_bound_identities():
     assert (iwae_bound(log_w) >= log_w.mean(0)).all()  # Jensen: L_K >= the mean of log w
 
 
+@pytest.mark.mutation
 def test_iwae_terms_report_the_elbo_parts_and_a_tighter_objective():
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 28, 28, generator=generator)
@@ -101,6 +103,7 @@ def binary_iwae_inputs(k=7, batch=3, dim=4):
     return logits, x, z, mu, logvar
 
 
+@pytest.mark.mutation
 @pytest.mark.parametrize("beta", [1.0, 0.3, 0.0])
 def test_iwae_objective_is_minus_the_bound_from_torch_distributions(beta):
     """objective = -log (1/K) sum_k p(x|z_k) [p(z_k) / q(z_k|x)]^beta, with Bernoulli(logits)
@@ -116,6 +119,7 @@ def test_iwae_objective_is_minus_the_bound_from_torch_distributions(beta):
         assert ((objective - unweighted).abs() > tolerance).all()
 
 
+@pytest.mark.mutation
 def test_summary_has_standard_errors_bits_and_active_units():
     estimates = {"log_px": -torch.tensor([100.0, 102.0, 104.0], dtype=torch.float64),
                  "recon": torch.tensor([80.0, 82.0, 84.0], dtype=torch.float64),
@@ -134,11 +138,17 @@ def test_summary_has_standard_errors_bits_and_active_units():
     assert result["effective_samples_median"] == 40.0
 
 
+@pytest.mark.mutation
 def test_bernoulli_floor_is_none_for_binary_images_and_the_grayscale_floor():
     binary = torch.tensor([0, 255], dtype=torch.uint8).repeat(392).view(1, 1, 28, 28)
     assert Bernoulli().floor(to_float(binary)) is None
     half = torch.full((1, 1, 28, 28), 128, dtype=torch.uint8)
-    assert Bernoulli().floor(to_float(half)) == pytest.approx(784 * math.log(2), rel=1e-4)
+    p = 128 / 255  # float32's 128/255 is what the floor sees, exactly representable in float64
+    p = torch.tensor(p, dtype=torch.float32).item()
+    entropy = 784 * -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    # 784 float64 terms, each to a few ulps, in a cascade sum: (log2 784 + 4) eps64 relative
+    tolerance = (math.ceil(math.log2(784)) + 4) * torch.finfo(torch.float64).eps * entropy
+    assert abs(Bernoulli().floor(to_float(half)) - entropy) <= tolerance
 
 
 def test_kl_warmup_values():
@@ -285,17 +295,23 @@ def test_evaluate_writes_eval_json_and_prints_a_table(capsys, trained_run):
     assert 0 < result["active_units"] <= 20 and result["pixel_entropy"] > 0
 
 
-def test_binarized_runs_are_measured_on_one_shared_binarization(tiny_config, tmp_path, capsys):
-    for name in ("a", "b"):
-        train(tiny_config.replace(binarize="dynamic", seed=ord(name)), tmp_path / name)
+def test_binarized_runs_are_measured_on_one_shared_binarization(tiny_config, tmp_path, capsys,
+                                                                 monkeypatch):
+    """Two runs binarized differently (dynamic with seed 97, static with seed 98) are both
+    evaluated on the same images: the test images binarized once with TEST_BINARIZATION_SEED,
+    whatever the run's own seed or binarization."""
+    seen = spy_on_evaluated_images(monkeypatch)
+    for name, binarization in (("a", "dynamic"), ("b", "static")):
+        train(tiny_config.replace(binarize=binarization, seed=ord(name), limit_train=128),
+              tmp_path / name)
         assert cli(capsys, "evaluate", tmp_path / name, "--iw-samples", 2, "--limit", 50,
                    "--quiet")[0] == 0
+        assert "pixel_entropy" not in json.loads((tmp_path / name / "eval.json").read_text())
     val = load_split("mnist", "val", tiny_config.data_dir, limit=50)
-    images = validation_images(tiny_config.replace(binarize="dynamic"), val)
-    assert set(images.unique().tolist()) == {0, 255}
-    assert torch.equal(images, validation_images(
-        tiny_config.replace(binarize="static", seed=5), val))
-    assert "pixel_entropy" not in json.loads((tmp_path / "a" / "eval.json").read_text())
+    shared = binarize(val.images, TEST_BINARIZATION_SEED)
+    assert len(seen) == 2 and all(torch.equal(images, shared) for images in seen)
+    assert set(shared.unique().tolist()) == {0, 255}
+    assert not torch.equal(shared, binarize(val.images, ord("a")))  # the seed matters
 
 
 @pytest.mark.parametrize("args, words", [
@@ -308,6 +324,7 @@ def test_evaluate_rejects_bad_arguments(capsys, trained_run, args, words):
     assert all(word in err for word in words)
 
 
+@pytest.mark.mutation
 def test_evaluate_rejects_a_missing_run(capsys, tmp_path):
     code, _, err = cli(capsys, "evaluate", tmp_path / "nothing-here")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "no run directory" in err

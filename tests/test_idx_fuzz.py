@@ -6,11 +6,14 @@ import struct
 import tracemalloc
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vaelab.errors import DataError
 from vaelab.idx import read_idx
+
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
 
 SLACK = 3 << 20  # the 1 MiB read chunk, gzip's buffers and the interpreter's own
 

@@ -17,6 +17,8 @@ from vaelab.data import load_data, load_split
 from vaelab.errors import DataError
 from vaelab.images import fit
 
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
+
 
 def write_mnist_folder(data_dir, out, *extra):
     subprocess.run([sys.executable, REPO / "scripts" / "mnist_to_images.py", out,

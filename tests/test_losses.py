@@ -1,8 +1,11 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.losses import bernoulli_nll, elbo_terms, kl_standard_normal
+
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
 
 
 def test_kl_matches_a_monte_carlo_estimate():

@@ -11,6 +11,8 @@ from test_images import pictures
 
 import vaelab.images
 
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
+
 
 def empty(root):
     root.mkdir(parents=True)
@@ -98,7 +100,11 @@ images16 = np.zeros((10, 16, 16), dtype=np.uint8)
     (npz(images=images16, labels=np.repeat([1, 2], 5)), "a.npz",
      ["class '0' has no images", "without gaps"]),
 ])
-def test_bad_data_is_one_line_and_writes_nothing(capsys, tmp_path, make, name, words):
+def test_bad_data_is_one_line_and_writes_nothing(capsys, tmp_path, monkeypatch, make, name,
+                                                 words):
+    cache = tmp_path / "cache"  # an empty image cache of this case's own
+    cache.mkdir()
+    monkeypatch.setenv("VAELAB_CACHE_DIR", str(cache))
     data = tmp_path / "data" / name
     if make:
         make(data)
@@ -112,6 +118,7 @@ def test_bad_data_is_one_line_and_writes_nothing(capsys, tmp_path, make, name, w
     after = sorted(p.name for p in (tmp_path / "data").rglob("*")) \
         if (tmp_path / "data").exists() else []
     assert after == before
+    assert list(cache.iterdir()) == []  # no cache of images that were refused
 
 
 def test_data_larger_than_memory_is_refused_before_allocating(capsys, tmp_path, monkeypatch):

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,26 +26,12 @@ def training_args(run, config, *extra):
             *extra]
 
 
-def start_training(run, config, *extra):
-    """`vaelab train` in its own process."""
-    return subprocess.Popen([sys.executable, "-m", "vaelab", *training_args(run, config, *extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def train_with_hook(run, config, target, at, action):
     """`vaelab train` in its own process, which sends itself ACTION on the AT-th call of
     TARGET (tests/signal_hook.py): the signal lands exactly where the test says."""
     return subprocess.run([sys.executable, str(HOOK), target, str(at), action,
                            *training_args(run, config)], capture_output=True, text=True,
                           timeout=300)
-
-
-def wait_for(condition, process, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def epochs_logged(run):
@@ -257,9 +242,14 @@ def test_grad_clip_bounds_the_update(tiny_config, tmp_path, monkeypatch):
 
 
 def test_two_processes_on_one_run_directory(long_config, tmp_path):
+    """The first process stops itself (SIGSTOP) at the first step of epoch 2, holding the
+    run's lock with epoch 1 saved; waitpid(WUNTRACED) returns once it has stopped."""
     run = tmp_path / "run"
-    first = start_training(run, long_config.replace(epochs=500))
-    wait_for(lambda: epochs_logged(run) >= 1, first)
+    first = subprocess.Popen([sys.executable, str(HOOK), "vaelab.training:_step",
+                              str(BATCHES + 1), "STOP", *training_args(run, long_config)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status = os.waitpid(first.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status) and epochs_logged(run) == 1, first.communicate()
     for extra in (["--force"], []):
         second = subprocess.run([sys.executable, "-m", "vaelab", "train", "--quiet",
                                  *(["--out", str(run), *extra] if extra

@@ -8,6 +8,13 @@ import time
 
 import pytest
 import torch
+from closed_form import (
+    QUADRATURE_ERROR,
+    closed_form_log_px,
+    closed_form_model,
+    float32_tolerance,
+    use_small_grids,
+)
 from helpers import cli, sha256
 
 import vaelab.evaluate
@@ -20,7 +27,7 @@ from vaelab.data import (
     to_float,
     training_images,
 )
-from vaelab.evaluate import log_likelihood_iw, summarize
+from vaelab.evaluate import summarize
 from vaelab.likelihoods import Bernoulli
 
 REAL_STEP = training._step
@@ -29,15 +36,18 @@ REAL_STEP = training._step
 # ---- fast unit tests of write_evaluation / evaluate_run on an untrained model (no training):
 # they pin what an evaluation reads, computes and writes, in well under a second each.
 
-def untrained_run(path, **changes):
+def untrained_run(path, closed_form=False, **changes):
     """A run directory holding an untrained model's checkpoint as best.pt (epoch 3) and
-    last.pt (epoch 4), as training writes them, without training."""
+    last.pt (epoch 4), as training writes them, without training. With `closed_form`, the
+    model is tests/closed_form.py's, whose log p(x) is known from the pixels alone."""
     from vaelab.checkpoint import save_checkpoint
     from vaelab.config import Config
     from vaelab.state import TrainingState
 
     config = Config(device="cpu", **changes)
     state = TrainingState.fresh(config, torch.device("cpu"))
+    if closed_form:
+        state.model.load_state_dict(closed_form_model(config.latent_dim).state_dict())
     path.mkdir()
     for name, epoch in (("best.pt", 3), ("last.pt", 4)):
         state.epoch = epoch
@@ -45,49 +55,61 @@ def untrained_run(path, **changes):
     return path
 
 
-def expected_summary(run_dir, images, samples, seed=0, checkpoint="best"):
-    model = load_run(run_dir, checkpoint).model
-    return {"iw_samples": samples,
-            **summarize(log_likelihood_iw(model, images, samples, seed), 784)}
+def assert_closed_form_summary(result, images, samples):
+    """An evaluation of a closed-form run measured exactly these images (N, C, H, W): its
+    numbers are their log p(x) from the pixels alone, within float32 rounding (a mean's and
+    a standard deviation's error are at most those of the values themselves, twice)."""
+    log_px = torch.tensor(closed_form_log_px(images), dtype=torch.float64)
+    tolerance = 2 * float32_tolerance(images)
+    nll, n = -log_px.mean().item(), len(images)
+    stderr = log_px.std().item() / math.sqrt(n) if n > 1 else math.nan
+    expected = {"nll": nll, "neg_elbo": nll, "recon": nll, "kl": 0.0,
+                "nll_bits_per_dim": nll / (784 * math.log(2)), "nll_stderr": stderr,
+                "neg_elbo_stderr": stderr, "effective_samples_median": samples}
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=tolerance, nan_ok=True), key
+    assert (result["iw_samples"], result["images"], result["active_units"]) == (samples, n, 0)
 
 
 
 
+@pytest.mark.mutation
 def test_write_evaluation_writes_what_it_measured(data_dir, tmp_path):
     """Same model, images, K and seed: the same deterministic computation, so equality."""
     from vaelab.evaluate import write_evaluation
 
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=3)
+    run = untrained_run(tmp_path / "run", True, data_dir=str(data_dir), latent_dim=3)
     result, path = write_evaluation(str(run), samples=3, limit=6, seed=5, progress=False)
     assert path.read_text() == json.dumps(result, indent=2) + "\n"
     images = load_split("mnist", "val", data_dir, limit=6).images
     assert path == run / "eval.json" and json.loads(path.read_text()) == result
     assert path.read_text().endswith("}\n")
-    expected = expected_summary(run, images, 3, seed=5)
-    assert {k: result[k] for k in expected} == expected
+    assert_closed_form_summary(result, images, 3)
     assert result["images"] == 6 and result["latent_dim"] == 3
     assert (result["split"], result["checkpoint"], result["epoch"]) == ("test", "best", 3)
     assert result["checkpoint_sha256"] == sha256(run / "best.pt")
     assert (result["dataset"], result["binarize"]) == ("mnist", "none")
     assert result["pixel_entropy"] == Bernoulli().floor(to_float(images))
     assert result["seconds"] > 0
-    other_seed, _ = write_evaluation(str(run), samples=3, limit=6, seed=6, progress=False)
-    assert other_seed["nll"] != result["nll"]  # the seed reaches the sampler
+    random = untrained_run(tmp_path / "random", data_dir=str(data_dir), latent_dim=3)
+    seeds = [write_evaluation(str(random), samples=3, limit=6, seed=seed, progress=False)[0]
+             for seed in (5, 6)]
+    assert seeds[0]["nll"] != seeds[1]["nll"]  # the seed reaches the sampler
 
 
+@pytest.mark.mutation
 def test_write_evaluation_of_the_last_checkpoint_with_the_default_seed(data_dir, tmp_path):
     from vaelab.evaluate import write_evaluation
 
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=2)
+    run = untrained_run(tmp_path / "run", True, data_dir=str(data_dir), latent_dim=2)
     result, _ = write_evaluation(str(run), samples=2, limit=4, checkpoint="last",
                                  device="cpu", progress=False)
     assert (result["checkpoint"], result["epoch"]) == ("last", 4)
     assert result["checkpoint_sha256"] == sha256(run / "last.pt")
-    images = load_split("mnist", "val", data_dir, limit=4).images
-    expected = expected_summary(run, images, 2, seed=0, checkpoint="last")
-    assert {k: result[k] for k in expected} == expected
+    assert_closed_form_summary(result, load_split("mnist", "val", data_dir, limit=4).images, 2)
 
 
+@pytest.mark.mutation
 def test_write_evaluation_data_dir_overrides_the_runs_own(data_dir, tmp_path, monkeypatch):
     """Neither the run's folder nor $VAELAB_DATA_DIR holds the files: only the argument does.
     (Also the defaults: 5000 importance samples, on the test split.)"""
@@ -100,36 +122,37 @@ def test_write_evaluation_data_dir_overrides_the_runs_own(data_dir, tmp_path, mo
     assert (result["images"], result["iw_samples"], result["split"]) == (2, 5000, "test")
 
 
+@pytest.mark.mutation
 def test_write_evaluation_train_split_of_a_static_run(
         data_dir, tmp_path):
     from vaelab.evaluate import write_evaluation
 
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=2,
+    run = untrained_run(tmp_path / "run", True, data_dir=str(data_dir), latent_dim=2,
                         binarize="static", seed=4)
     result, path = write_evaluation(str(run), samples=2, limit=5, split="train",
                                     progress=False)
     config = load_run(run).config
     images = training_images(config, load_split("mnist", "train", data_dir, limit=5))
     assert path == run / "eval-train.json" and json.loads(path.read_text()) == result
-    expected = expected_summary(run, images, 2)
-    assert {k: result[k] for k in expected} == expected
+    assert_closed_form_summary(result, images, 2)  # the one binarization it trained on
     assert (result["split"], result["binarize"]) == ("train", "static")
     assert "pixel_entropy" not in result
 
 
+@pytest.mark.mutation
 def test_write_evaluation_train_split_of_a_dynamic_run(
         data_dir, tmp_path):
     from vaelab.evaluate import write_evaluation
 
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=2,
+    run = untrained_run(tmp_path / "run", True, data_dir=str(data_dir), latent_dim=2,
                         binarize="dynamic", seed=4)
     result, _ = write_evaluation(str(run), samples=2, limit=5, split="train", progress=False)
     images = binarize(load_split("mnist", "train", data_dir, limit=5).images,
                       TEST_BINARIZATION_SEED)
-    expected = expected_summary(run, images, 2)
-    assert {k: result[k] for k in expected} == expected
+    assert_closed_form_summary(result, images, 2)  # the shared test binarization
 
 
+@pytest.mark.mutation
 @pytest.mark.parametrize("kwargs, words", [
     ({"samples": 0}, "--iw-samples 0 is not allowed: it must be at least 1"),
     ({"limit": 0}, "--limit 0 is not allowed: it must be at least 1"),
@@ -147,6 +170,7 @@ def test_write_evaluation_refuses_impossible_requests_before_writing(
     assert not (run / "eval.json").exists()
 
 
+@pytest.mark.mutation
 def test_write_evaluation_accepts_one_sample_and_one_image(data_dir, tmp_path):
     from vaelab.evaluate import write_evaluation
 
@@ -156,6 +180,7 @@ def test_write_evaluation_accepts_one_sample_and_one_image(data_dir, tmp_path):
     assert "exact_nll" in result  # --exact reaches evaluate_run
 
 
+@pytest.mark.mutation
 def test_write_evaluation_reports_an_unwritable_run_folder(data_dir, tmp_path, monkeypatch):
     import errno
 
@@ -173,30 +198,43 @@ def test_write_evaluation_reports_an_unwritable_run_folder(data_dir, tmp_path, m
         write_evaluation(str(run), samples=1, limit=1, progress=False)
 
 
-def test_evaluate_run_exact_adds_the_quadrature(data_dir, tmp_path, capsys):
+@pytest.mark.mutation
+def test_evaluate_run_exact_adds_the_quadrature(data_dir, tmp_path, capsys, monkeypatch):
     from vaelab.evaluate import evaluate_run
-    from vaelab.quadrature import compare_with_estimate
 
-    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=1)
+    use_small_grids(monkeypatch)
+    run = untrained_run(tmp_path / "run", True, data_dir=str(data_dir), latent_dim=1)
     model = load_run(run).model
     images = load_split("mnist", "val", data_dir, limit=2).images
     started = time.perf_counter()
     result = evaluate_run(model, images, samples=4, seed=1, exact=True)
     took = time.perf_counter() - started
-    estimates = log_likelihood_iw(model, images, 4, seed=1)
-    expected = {"iw_samples": 4, "conditional": False, **summarize(estimates, 784),
-                **compare_with_estimate(model, images, estimates["log_px"])}
-    assert {k: result[k] for k in expected} == expected
-    assert set(result) == set(expected) | {"seconds"} and 0 < result["seconds"] <= took
+    assert_closed_form_summary(result, images, 4)
+    # the quadrature's log p(x) is the closed form too, so the estimate misses it by nothing
+    exact = -torch.tensor(closed_form_log_px(images), dtype=torch.float64).mean().item()
+    tolerance = 2 * float32_tolerance(images) + QUADRATURE_ERROR
+    assert result["exact_nll"] == pytest.approx(exact, abs=tolerance)
+    for key in ("exact_gap_mean", "exact_gap_median", "exact_gap_worst"):
+        assert abs(result[key]) <= tolerance, key
+    assert result["exact_share_off"] == 0 and result["exact_gap_worst_image"] in (0, 1)
+    assert set(result) == {"iw_samples", "conditional", "images", "nll", "nll_stderr",
+                           "nll_bits_per_dim", "nll_bits_per_dim_stderr", "neg_elbo",
+                           "neg_elbo_stderr", "neg_elbo_bits_per_dim", "recon", "kl",
+                           "active_units", "effective_samples_median", "latent_dim",
+                           "exact_nll", "exact_nll_stderr", "exact_gap_mean",
+                           "exact_gap_median", "exact_share_off", "exact_gap_worst",
+                           "exact_gap_worst_image", "seconds"}
+    assert 0 < result["seconds"] <= took
     capsys.readouterr()
     plain = evaluate_run(model, images, samples=4)
     assert capsys.readouterr().err == ""  # no progress bar unless asked
     evaluate_run(model, images, samples=4, progress=True)
     assert "image" in capsys.readouterr().err  # tqdm's bar, counting images
     assert "exact_nll" not in plain
-    assert plain["nll"] == summarize(log_likelihood_iw(model, images, 4, seed=0), 784)["nll"]
+    assert_closed_form_summary(plain, images, 4)
 
 
+@pytest.mark.mutation
 def test_summary_of_one_image_and_the_active_unit_threshold():
     """n = 1: no spread to estimate (nan); a unit needs a variance above 0.01 to be active,
     computed with 1/n over the images (0.0081 with 1/n, inactive; 0.0162 with 1/(n-1))."""

@@ -146,17 +146,35 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         return
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            raise VaelabError(f"{run_dir} is in use by another vaelab process (pid {holder}); "
-                              "wait for it to finish or stop it, or choose another --out") from None
+        _take(fcntl, fd, run_dir)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)
+
+
+def check_unlocked(run_dir: Path) -> None:
+    """Refuse a run another process holds, before anything else about it is read: a live run
+    may not have written its first checkpoint yet. The lock is only tested, never created."""
+    try:
+        import fcntl
+        fd = os.open(run_dir / LOCK, os.O_RDWR)
+    except (ImportError, OSError):  # not POSIX, or no lock file: nobody holds it
+        return
+    try:
+        _take(fcntl, fd, run_dir)
+    finally:
+        os.close(fd)  # closing drops the test's own lock
+
+
+def _take(fcntl, fd: int, run_dir: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        raise VaelabError(f"{run_dir} is in use by another vaelab process (pid {holder}); "
+                          "wait for it to finish or stop it, or choose another --out") from None
 
 
 def check_writable(run_dir: Path, nbytes: int) -> None:

@@ -40,6 +40,7 @@ from .losses import Totals
 from .runs import (
     BEST,
     LAST,
+    check_unlocked,
     check_writable,
     clear_run,
     holds_run,
@@ -106,6 +107,10 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
     Under torchrun every rank reads last.pt (on several nodes RUN must be on a shared
     filesystem), at any world size; rank 0 alone locks and writes RUN."""
     run_dir = Path(run_dir)
+    try:  # a live run is named by its lock, whatever it has written yet; every rank sees it
+        check_unlocked(run_dir)
+    except VaelabError as err:
+        raise distributed.agreed(err) from None
     require_checkpoint(run_dir / LAST)
     check_resume_changes(changes)
     payload = load_checkpoint(run_dir / LAST)  # atomic renames: never a half-written file

@@ -1,0 +1,157 @@
+"""sources.py's arrays and splits, and data.py's recording of the data's shape, without training:
+every refusal word for word, and what each accepted layout becomes (fast: run for every
+mutant)."""
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab import Config
+from vaelab.data import Split, validation_split, with_data_shape
+from vaelab.errors import DataError
+from vaelab.sources import _check_given, _check_images, _check_labels, _read_arrays, convert
+
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
+
+IMAGES = np.arange(6 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4)
+
+
+def refused(call, *args):
+    with pytest.raises(DataError) as caught:
+        call(*args)
+    return str(caught.value)
+
+
+def test_a_given_split_needs_images_on_both_sides_and_every_class_in_training(tmp_path):
+    none = torch.zeros(4, dtype=torch.bool)
+    assert refused(_check_given, None, none, (), tmp_path) == (
+        f"{tmp_path}: its validation split holds no images; fill it, or drop the split folders "
+        "to hold out --val-fraction")
+    assert refused(_check_given, None, ~none, (), tmp_path) == (
+        f"{tmp_path}: its training split holds no images; fill it, or drop the split folders "
+        "to hold out --val-fraction")
+    labels, is_val = torch.tensor([0, 0, 1, 1]), torch.tensor([False, True, True, False])
+    _check_given(labels, is_val, ("a", "b"), tmp_path)  # each class trains: accepted
+    assert refused(_check_given, labels, torch.tensor([False, True, True, True]), ("a", "b"),
+                   tmp_path) == (f"{tmp_path}: class 'b' has no training images; add some to "
+                                 "its training folder or remove the class")
+    _check_given(None, is_val, (), tmp_path)  # unlabelled: only the split is checked
+
+
+def test_images_must_be_uint8_grey_or_colour(tmp_path):
+    assert refused(_check_images, IMAGES.astype(np.float32), tmp_path, "x") == (
+        f"{tmp_path}: x has dtype float32; vaelab reads uint8 images (0-255): convert with "
+        "(x * 255).round().astype(numpy.uint8)")
+    assert refused(_check_images, np.zeros((2, 4, 4, 2), np.uint8), tmp_path, "x") == (
+        f"{tmp_path}: x has shape (2, 4, 4, 2); expected images (N, H, W) or (N, H, W, C) with "
+        "C 1 or 3, and N >= 1")
+    assert refused(_check_images, np.zeros((0, 4, 4), np.uint8), tmp_path, "x").endswith(
+        "and N >= 1")
+    assert _check_images(IMAGES, tmp_path, "x").shape == (6, 4, 4, 1)
+
+
+def test_labels_one_integer_per_image(tmp_path):
+    column = np.array([[2], [0], [1]])  # (N, 1), as Keras ships CIFAR's
+    assert _check_labels(column, 3, tmp_path).tolist() == [2, 0, 1]
+    assert _check_labels(column, 3, tmp_path).dtype == torch.int64
+    assert refused(_check_labels, np.zeros((3, 2), int), 3, tmp_path) == (
+        f"{tmp_path}: labels have shape (3, 2) and dtype int64; expected one integer per image")
+    assert refused(_check_labels, np.zeros(3), 3, tmp_path).endswith(
+        "dtype float64; expected one integer per image")
+    assert refused(_check_labels, np.zeros(2, int), 3, tmp_path) == (
+        f"{tmp_path}: 3 images but 2 labels; there must be one label per image")
+    assert refused(_check_labels, np.array([0, -1, 2]), 3, tmp_path) == (
+        f"{tmp_path}: holds label -1; labels must be 0, 1, 2, ...")
+
+
+def test_every_array_layout(tmp_path):
+    np.save(tmp_path / "plain.npy", IMAGES)
+    images, labels, classes, given = _read_arrays(tmp_path / "plain.npy")
+    assert images.shape == (6, 4, 4, 1) and (labels, classes, given) == (None, (), None)
+    np.save(tmp_path / "floats.npy", IMAGES.astype(np.float32))
+    assert refused(_read_arrays, tmp_path / "floats.npy") == (
+        f"{tmp_path / 'floats.npy'}: the array has dtype float32; vaelab reads uint8 images "
+        "(0-255): convert with (x * 255).round().astype(numpy.uint8)")
+    np.savez(tmp_path / "extra.npz", images=IMAGES, aaa=np.zeros(3))  # `images` is chosen
+    assert _read_arrays(tmp_path / "extra.npz")[0].shape == (6, 4, 4, 1)
+    np.savez(tmp_path / "one.npz", IMAGES)  # a single unnamed array: the images
+    assert _read_arrays(tmp_path / "one.npz")[0].shape == (6, 4, 4, 1)
+    np.savez(tmp_path / "named.npz", pictures=IMAGES, labels=np.array([0, 1, 2, 0, 1, 2]))
+    images, labels, classes, given = _read_arrays(tmp_path / "named.npz")
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2] and classes == ("0", "1", "2")
+    np.savez(tmp_path / "keras.npz", x_train=IMAGES[:4], y_train=np.array([1, 0, 1, 0]),
+             x_test=IMAGES[4:], y_test=np.array([[0], [1]]))
+    images, labels, classes, given = _read_arrays(tmp_path / "keras.npz")
+    assert torch.equal(torch.from_numpy(images[..., 0]), torch.from_numpy(IMAGES))
+    assert labels.tolist() == [1, 0, 1, 0, 0, 1] and given.tolist() == [False] * 4 + [True] * 2
+    np.savez(tmp_path / "unlabelled.npz", x_train=IMAGES[:4], x_test=IMAGES[4:])
+    assert _read_arrays(tmp_path / "unlabelled.npz")[1] is None
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x_train": IMAGES[:4], "y_train": np.zeros(4, int), "x_test": IMAGES[4:]},
+     "has labels for one split only; give y_train and y_test, or neither"),
+    ({"x_train": IMAGES[:4], "x_test": IMAGES[4:], "y_test": np.zeros(2, int)},
+     "has labels for one split only; give y_train and y_test, or neither"),
+    ({"labels": np.zeros(6, int), "other": IMAGES, "more": IMAGES},
+     "holds labels, more, other but no `images`; vaelab reads `images` (and `labels`, "
+     "`classes`), or x_train, y_train, x_test, y_test"),
+    ({"images": IMAGES, "labels": np.array([0, 1, 2, 3, 0, 1]), "classes": np.array(["a", "b"])},
+     "label 3 has no name in `classes` (2 names)"),
+    ({"images": IMAGES, "labels": np.array([0, 1, 2, 3, 0, 1]),
+      "classes": np.array(["a", "b", "c"])}, "label 3 has no name in `classes` (3 names)"),
+    ({"images": IMAGES, "classes": np.array(["a", 1], dtype=object)},
+     "`classes` is an object array; save the names as strings, numpy.array(names, dtype=str)"),
+    ({"images": IMAGES.astype(np.int16)}, "images has dtype int16; vaelab reads uint8 images "
+     "(0-255): convert with (x * 255).round().astype(numpy.uint8)"),
+    ({"x_train": IMAGES.astype(np.int16), "x_test": IMAGES}, "x_train has dtype int16; vaelab"
+     " reads uint8 images (0-255): convert with (x * 255).round().astype(numpy.uint8)"),
+    ({"images": IMAGES, "labels": np.zeros(5, int)},
+     "6 images but 5 labels; there must be one label per image"),
+])
+def test_every_refused_array_names_the_file(tmp_path, arrays, message):
+    np.savez(tmp_path / "a.npz", **arrays)
+    assert refused(_read_arrays, tmp_path / "a.npz") == f"{tmp_path / 'a.npz'}: {message}"
+
+
+def test_an_unreadable_array_file(tmp_path):
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    assert refused(_read_arrays, tmp_path / "bad.npy").startswith(
+        f"{tmp_path / 'bad.npy'}: cannot be read as a NumPy array file (")
+    assert refused(_read_arrays, tmp_path / "bad.npy").endswith(
+        "); write it with numpy.save or numpy.savez")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    assert "cannot be read as a NumPy array file" in refused(_read_arrays,
+                                                             tmp_path / "objects.npy")
+
+
+def test_convert_is_the_identity_without_options_and_resizes_with_them():
+    colour = np.stack([IMAGES, IMAGES // 2, IMAGES // 3], -1)  # (6, 4, 4, 3)
+    same = convert(colour, None, None, "x")
+    assert same.shape == (6, 3, 4, 4) and torch.equal(same[:, 1], torch.from_numpy(IMAGES // 2))
+    assert torch.equal(convert(colour, None, 3, "x"), same)
+    grey = convert(IMAGES[..., None], None, 3, "x")  # a grey picture made colour: R = G = B
+    assert grey.shape == (6, 3, 4, 4) and torch.equal(grey[:, 0], torch.from_numpy(IMAGES))
+    assert torch.equal(grey[:, 2], grey[:, 0]) and grey.dtype == torch.uint8
+    assert convert(IMAGES[..., None], 8, None, "x").shape == (6, 1, 8, 8)
+    assert convert(colour, 8, 1, "x").shape == (6, 1, 8, 8)
+
+
+def test_the_config_records_the_datas_shape_and_classes():
+    split = Split(torch.zeros(5, 3, 16, 24, dtype=torch.uint8), torch.tensor([0, 1, 2, 0, 1]),
+                  ("a", "b", "c"))
+    config = with_data_shape(Config(data="x"), split)
+    assert (config.channels, config.height, config.width, config.classes) == (3, 16, 24, None)
+    conditional = with_data_shape(Config(data="x", conditional=True), split)
+    assert conditional.classes == 3 and conditional.height == 16
+    unlabelled = Split(split.images, None)
+    assert refused(with_data_shape, Config(data="x", conditional=True), unlabelled) == (
+        "--conditional needs labelled images, and x has none: put each class in its own "
+        "subfolder (or give labels in the .npz), or train without --conditional")
+
+
+def test_a_runs_validation_split_comes_from_where_its_data_lies_now(tmp_path):
+    np.save(tmp_path / "moved.npy", np.repeat(IMAGES, 2, 0))
+    config = Config(data=str(tmp_path / "gone.npy"), val_fraction=0.25)
+    val = validation_split(config, data=tmp_path / "moved.npy")
+    assert len(val) == 3 and val.images.shape[1:] == (1, 4, 4)

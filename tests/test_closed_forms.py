@@ -1,0 +1,110 @@
+"""The estimators against log p(x) in closed form (tests/closed_form.py): the importance-weighted
+estimate at any K, the ELBO, the quadrature over z and the evaluation summary must all give the
+number computed from the pixels alone, to float precision."""
+
+import math
+
+import pytest
+import torch
+from closed_form import (
+    QUADRATURE_ERROR,
+    closed_form_log_px,
+    closed_form_model,
+    float32_tolerance,
+    use_small_grids,
+)
+
+from vaelab.data import load_split, to_float
+from vaelab.evaluate import evaluate_elbo, evaluate_run, log_likelihood_iw
+from vaelab.quadrature import compare_with_estimate, log_marginal
+
+pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
+
+@pytest.fixture(autouse=True)
+def small_grids(monkeypatch):
+    use_small_grids(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def images(data_dir):
+    return load_split("mnist", "val", data_dir, limit=6).images
+
+
+def test_the_reference_is_what_the_pixels_say(images):
+    """The closed form itself, checked on a 2-pixel image by hand: x = (1, 0) with
+    p = sigmoid(a) gives log p + log(1 - p)."""
+    two = torch.tensor([[[[255, 0]]]], dtype=torch.uint8)
+    p = 1 / (1 + math.exp(1.25))
+    assert closed_form_log_px(two) == pytest.approx([math.log(p) + math.log(1 - p)],
+                                                    rel=1e-15)
+    assert len(set(closed_form_log_px(images))) == len(images)  # images tell apart
+
+
+@pytest.mark.parametrize("samples", [1, 7, 50])
+def test_the_iw_estimate_is_log_px_at_any_k(images, samples):
+    estimates = log_likelihood_iw(closed_form_model(3), images, samples, seed=samples)
+    tolerance = float32_tolerance(images)
+    for got, exact in zip(estimates["log_px"].tolist(), closed_form_log_px(images)):
+        assert abs(got - exact) <= tolerance
+    for got, exact in zip(estimates["recon"].tolist(), closed_form_log_px(images)):
+        assert abs(got + exact) <= tolerance
+    assert estimates["kl"].abs().max().item() == 0  # q = p(z) exactly
+    # equal weights: the effective sample size is K, to float64 rounding of log-sums
+    assert estimates["ess"].sub(samples).abs().max().item() <= \
+        samples * 8 * torch.finfo(torch.float64).eps * 1e3
+    assert estimates["mu"].abs().max().item() == 0
+
+
+def test_the_elbo_is_log_px(images):
+    totals = evaluate_elbo(closed_form_model(4), images, seed=0, batch_size=4)
+    loss, recon, kl = totals.sums.tolist()
+    exact = -sum(closed_form_log_px(images))
+    tolerance = len(images) * float32_tolerance(images)
+    assert totals.images == len(images) and kl == 0
+    assert abs(loss - exact) <= tolerance and abs(recon - exact) <= tolerance
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2])
+def test_the_quadrature_is_log_px(images, latent_dim):
+    model = closed_form_model(latent_dim)
+    tolerance = float32_tolerance(images) + QUADRATURE_ERROR
+    chosen = images[:2]
+    for image, exact in zip(chosen, closed_form_log_px(chosen)):
+        x = to_float(image[None])
+        mu, logvar = (t[0] for t in model.encode(x))
+        assert abs(log_marginal(model, x, mu, logvar) - exact) <= tolerance
+
+
+def test_the_exact_comparison_finds_no_gap_and_the_summary_is_the_closed_form(images):
+    model = closed_form_model(1)
+    exact = torch.tensor(closed_form_log_px(images[:3]), dtype=torch.float64)
+    tolerance = float32_tolerance(images) + QUADRATURE_ERROR
+    compared = compare_with_estimate(model, images[:3], exact)
+    assert abs(compared["exact_nll"] + exact.mean().item()) <= tolerance
+    assert abs(compared["exact_nll_stderr"] - exact.std().item() / math.sqrt(3)) <= 2 * tolerance
+    for key in ("exact_gap_mean", "exact_gap_median", "exact_gap_worst"):
+        assert abs(compared[key]) <= tolerance, key
+    assert compared["exact_share_off"] == 0 and 0 <= compared["exact_gap_worst_image"] < 3
+    off = compare_with_estimate(model, images[:3], exact - torch.tensor([0.0, 0.2, 0.06]))
+    assert off["exact_share_off"] == pytest.approx(2 / 3) and off["exact_gap_worst_image"] == 1
+    assert off["exact_gap_worst"] == pytest.approx(0.2, abs=tolerance)
+    assert off["exact_gap_median"] == pytest.approx(0.06, abs=tolerance)
+
+
+def test_evaluate_run_reports_the_closed_form(images):
+    images = images[:3]
+    result = evaluate_run(closed_form_model(1), images, samples=5, seed=3, exact=True)
+    exact = torch.tensor(closed_form_log_px(images), dtype=torch.float64)
+    tolerance = float32_tolerance(images) + QUADRATURE_ERROR
+    bits = 784 * math.log(2)
+    expected = {"nll": -exact.mean().item(), "neg_elbo": -exact.mean().item(),
+                "recon": -exact.mean().item(), "exact_nll": -exact.mean().item(),
+                "nll_bits_per_dim": -exact.mean().item() / bits,
+                "nll_stderr": exact.std().item() / math.sqrt(len(exact)),
+                "neg_elbo_stderr": exact.std().item() / math.sqrt(len(exact)),
+                "exact_gap_mean": 0.0, "kl": 0.0}
+    for key, value in expected.items():
+        assert abs(result[key] - value) <= 2 * tolerance, key
+    assert (result["images"], result["iw_samples"], result["active_units"],
+            result["latent_dim"], result["conditional"]) == (3, 5, 0, 1, False)
+    assert result["effective_samples_median"] == pytest.approx(5, rel=1e-12)
