@@ -139,7 +139,7 @@ def other_rank_adds(other: torch.Tensor):
 @pytest.mark.mutation
 def test_summed_adds_every_ranks_sums_and_image_counts(emulated, monkeypatch):
     totals = Totals(torch.device("cpu"))
-    totals.add(elbo_terms(torch.tensor([3.0, 5.0]), torch.zeros(2, 2), torch.zeros(2, 2)))
+    totals.add(elbo_terms(torch.tensor([3.0, 5.0]), torch.zeros(2, 2), torch.zeros(2, 2))._asdict())
     alone = distributed.summed(totals)  # outside a group: untouched
     assert alone is totals and alone.images == 2 and alone.sums.tolist() == [8.0, 8.0, 0.0]
     emulated(0, 2)

@@ -9,23 +9,55 @@ import vaelab
 PACKAGE = Path(vaelab.__file__).parent
 
 
-def imports_of(path: Path) -> set[str]:
-    """The vaelab modules a file imports anywhere in it (top level or inside functions)."""
+def module_of(path: Path) -> str:
+    """A file's module, relative to the package: "training", "models", "models.vae"."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The vaelab modules a file imports anywhere in it (top level or inside functions),
+    relative imports of any depth resolved; `from .models import X` counts as models."""
+    package = module_of(path).split(".")[:-1] if path.stem != "__init__" else \
+        module_of(path).split(".")
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:  # from . import x, y
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vaelab."):
-            found.add(node.module.split(".")[1])
-    return found
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package[:len(package) - (node.level - 1)]
+        elif (node.module or "").startswith("vaelab."):
+            base = []
+        else:
+            continue
+        tail = (node.module or "").split(".") if node.module else []
+        if tail and tail[0] == "vaelab" and not node.level:
+            tail = tail[1:]
+        targets = [base + tail] if node.module else [base + [a.name] for a in node.names]
+        for target in targets:
+            found |= {".".join(target[:n]) for n in range(len(target), 0, -1)
+                      if ".".join(target[:n]) in modules}
+    return {max(found_in, key=len) for found_in in _by_root(found)}
+
+
+def _by_root(names: set[str]) -> list[set[str]]:
+    """Group names that are prefixes of one another (keep the most specific of each)."""
+    groups: list[set[str]] = []
+    for name in sorted(names, key=len, reverse=True):
+        for group in groups:
+            if any(other.startswith(name + ".") for other in group):
+                group.add(name)
+                break
+        else:
+            groups.append({name})
+    return groups
 
 
 def import_graph() -> dict[str, set[str]]:
-    modules = {path.stem: path for path in PACKAGE.glob("*.py")}
-    return {name: imports_of(path) & set(modules) - {name} for name, path in modules.items()}
+    modules = {module_of(path): path for path in PACKAGE.rglob("*.py")}
+    modules.pop("", None)  # the package itself: its lazy names import nothing at load
+    names = set(modules)
+    return {name: imports_of(path, names) - {name} for name, path in modules.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -54,6 +86,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_module_import_graph_has_no_cycle():
     graph = import_graph()
     assert len(graph) > 10 and graph["training"] >= {"runs", "state", "data"}
+    assert graph["models.vae"] >= {"models.interface", "models.networks", "likelihoods"}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -63,5 +96,5 @@ def test_the_cycle_finder_finds_cycles():
 
 
 def test_no_function_shadows_a_module_of_the_package():
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    modules = {module_of(path).split(".")[0] for path in PACKAGE.rglob("*.py")}
     assert not modules & set(vaelab.__all__)

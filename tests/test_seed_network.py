@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vaelab import Config
-from vaelab.model import build_model
+from vaelab.models import build_model
 from vaelab.state import set_seed
 
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
