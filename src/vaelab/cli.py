@@ -315,8 +315,21 @@ def run_train(args: argparse.Namespace) -> int:
     if not writer:
         return 0
     print(f"run saved in {run_dir}")
+    _threads_of_training(run_dir)
     print(f"report: {write_report(run_dir)}")
     return 0
+
+
+def _threads_of_training(run_dir: Path) -> None:
+    """The report encodes the validation set: with the threads training chose (metrics.csv
+    records them), so that a busy core slows it no more than it slowed training."""
+    import torch
+
+    from .runs import read_metrics
+
+    rows = read_metrics(run_dir)
+    if rows and isinstance(rows[-1].get("threads"), int):
+        torch.set_num_threads(rows[-1]["threads"])
 
 
 def _row_printer():

@@ -88,13 +88,14 @@ def choose(requested: int | None, device: torch.device,
     cores = usable_cores()
     if cores == 1:
         return ThreadChoice(1, "one usable core")
+    started = time.perf_counter()
     timings = measure(make_step(), (1, cores))
     fastest = min(timings, key=timings.get)
-    choice = ThreadChoice(fastest, "measured", timings)
-    log.info("training with %s: %s", _threads(fastest), ", ".join(
-        f"{_threads(count)} took {1000 * seconds:.0f} ms per batch"
-        for count, seconds in timings.items()))
-    return choice
+    log.info("training with %s (measured in %.1f s: %s; --threads N to choose)",
+             _threads(fastest), time.perf_counter() - started, ", ".join(
+                 f"{_threads(count)} {1000 * seconds:.0f} ms per batch"
+                 for count, seconds in timings.items()))
+    return ThreadChoice(fastest, "measured", timings)
 
 
 def measure(step: Callable[[], None], counts: tuple[int, ...]) -> dict[int, float]:
