@@ -75,10 +75,12 @@ def train_once(threads: int | None, images: int, work: Path) -> dict:
 
 
 def measure(states: dict[str, bool], rows: dict[str, int | None], images: int, repeats: int,
-            work: Path) -> dict[str, dict[str, dict]]:
-    """{load: {row: fastest run}}; the spinner runs only during the busy rows."""
+            work: Path, load_averages: dict[str, float]) -> dict[str, dict[str, dict]]:
+    """{load: {row: fastest run}}; the spinner runs only during the busy rows. The one-minute
+    load average at the start of each load goes into `load_averages` (other jobs show there)."""
     best: dict[str, dict[str, dict]] = {load: {} for load in states}
     for load, busy in states.items():
+        load_averages[load] = os.getloadavg()[0]
         spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if busy else None
         try:
             time.sleep(1.0 if busy else 0.0)  # let the spinner take its core
@@ -140,18 +142,19 @@ def main() -> None:
     cores = usable_cores()
     rows = {"default": None, "--threads 1": 1, f"--threads {cores}": cores}
     states = {"idle": False, "one core busy": True}
-    load_before = os.getloadavg()
+    load_averages: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as work:
-        best = measure(states, rows, args.images, args.repeats, Path(work))
+        best = measure(states, rows, args.images, args.repeats, Path(work), load_averages)
     judged = verdicts(best)
+    loads = ", ".join(f"{load} {value:.2f}" for load, value in load_averages.items())
     print(f"{cpu_model()}, {os.cpu_count()} cores ({cores} usable), torch {torch.__version__}; "
-          f"load average {load_before[0]:.2f} before the run; {args.images:,} images per epoch,"
-          f" fastest of {args.repeats}\n")
+          f"{args.images:,} images per epoch, fastest of {args.repeats}; load average at the "
+          f"start of each part (other jobs included): {loads}\n")
     print(table(best, judged))
     result = {
         "command": " ".join(["python", "bench/busy.py", *sys.argv[1:]]),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": cores,
-                    "load_average_before": load_before[0]},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": cores},
+        "load_average_at_start": load_averages,
         "torch": torch.__version__, "date": datetime.now(timezone.utc).isoformat(
             timespec="seconds"), "git_commit": git_commit(),
         "images_per_epoch": args.images, "repeats": args.repeats, "tolerance": TOLERANCE,

@@ -7,9 +7,8 @@ from vaelab.cli import main
 
 
 def cli(capsys, *args):
-    """Run `vaelab ARGS` in this process: (exit code, stdout, stderr) of this command alone.
-    argparse's own exits (--help, usage errors) count as the exit code they carry."""
-    capsys.readouterr()  # what a test printed or logged before (e.g. a training run's) is not its
+    """Run `vaelab ARGS` in this process: (exit code, stdout, stderr). argparse's own exits
+    (--help, usage errors) count as the exit code they carry."""
     try:
         code = main([str(a) for a in args])
     except SystemExit as exit:

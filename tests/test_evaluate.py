@@ -207,8 +207,7 @@ def test_iw_train_samples_reach_every_steps_objective(tiny_config, tmp_path, mon
     """iw_train = K > 1: each step's objective is the IWAE bound over K decodes per image
     (never the ELBO); K = 1: the ELBO, one decode per image."""
     calls = spy_on_objectives(monkeypatch)
-    # threads given: no thread probe, whose timed passes are not training steps
-    config = tiny_config.replace(iw_train=k, binarize="dynamic", threads=1)
+    config = tiny_config.replace(iw_train=k, binarize="dynamic")
     train(config, tmp_path / "run")
     steps = 512 // config.batch_size
     assert [name for name, _ in calls] == ["iwae_terms" if k > 1 else "elbo_terms"] * steps
@@ -225,7 +224,7 @@ def test_each_step_uses_the_warmed_up_kl_weight(tiny_config, tmp_path, monkeypat
     """The beta each step hands its objective is beta * min(1, step / warm-up steps)."""
     calls = spy_on_objectives(monkeypatch)
     config = tiny_config.replace(limit_train=256, batch_size=32, beta=0.5, kl_warmup=2,
-                                 epochs=3, iw_train=k, threads=1)  # no probe: steps alone
+                                 epochs=3, iw_train=k)
     train(config, tmp_path / "run")
     per_epoch = 256 // 32
     expected = [config.beta * min(1.0, step / (config.kl_warmup * per_epoch))

@@ -106,8 +106,7 @@ def test_bf16_autocasts_every_step_and_still_learns(tiny_config, tmp_path, monke
         autocast[precision] = autocast_in_training_forwards(monkeypatch)
         flags[precision] = set()
         spy_on_steps(monkeypatch, lambda state, x, p=precision: flags[p].add(state.bf16))
-        # threads given: no thread probe, whose timed forwards are not training steps
-        config = tiny_config.replace(precision=precision, epochs=2, threads=1)
+        config = tiny_config.replace(precision=precision, epochs=2)
         runs[precision] = read_metrics(train(config, tmp_path / precision))
         monkeypatch.undo()
     steps = 2 * 512 // 64

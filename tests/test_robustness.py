@@ -139,8 +139,7 @@ def test_metrics_are_reconciled_with_the_checkpoint_on_resume(tiny_config, tmp_p
 
 def test_a_nan_loss_stops_with_epoch_and_batch_and_keeps_good_checkpoints(
         tiny_config, tmp_path, monkeypatch):
-    # threads given (and kept on resume): no thread probe, whose passes are not training steps
-    run = train(tiny_config.replace(epochs=1, threads=1), tmp_path / "run")
+    run = train(tiny_config.replace(epochs=1), tmp_path / "run")
     before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.csv")}
     real, calls = training.elbo_terms, []
 
@@ -160,8 +159,7 @@ def test_a_nan_loss_stops_with_epoch_and_batch_and_keeps_good_checkpoints(
 # README: "hit a NaN or infinite loss or gradient": the gradient case.
 def test_a_nan_gradient_with_a_finite_loss_stops_before_the_update(tiny_config, tmp_path,
                                                                    monkeypatch):
-    # threads given (and kept on resume): no thread probe, whose passes are not training steps
-    run = train(tiny_config.replace(epochs=1, threads=1), tmp_path / "run")
+    run = train(tiny_config.replace(epochs=1), tmp_path / "run")
     before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.csv")}
     real, calls = training.elbo_terms, []
 
