@@ -165,6 +165,19 @@ def test_training_leaves_torchs_thread_count_as_it_found_it(unset_launch, tiny_c
     assert torch.get_num_threads() == before
 
 
+def test_the_cli_leaves_torchs_thread_count_as_it_found_it(capsys, tiny_config, tmp_path):
+    """`vaelab train` draws its report with the threads training used, then puts torch's own
+    count back: main may run inside a longer program (as in these tests)."""
+    before = torch.get_num_threads()
+    other = 1 if before > 1 else 2
+    code, _, err = cli(capsys, "train", "--out", tmp_path / "run", "--threads", other,
+                       "--data-dir", tiny_config.data_dir, "--limit-train", 256,
+                       "--limit-val", 128, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert load_run(tmp_path / "run").metrics[0]["threads"] == other
+    assert torch.get_num_threads() == before
+
+
 def test_resume_may_change_the_threads(tiny_config, tmp_path):
     run = train(tiny_config.replace(threads=1), tmp_path / "run")
     resume(run, epochs=2, threads=2)

@@ -7,12 +7,13 @@ answer at once, and each command imports what it uses when it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .config import RECIPES, Config, field_kind, flag_name
 from .errors import TrainingInterrupted, VaelabError
@@ -315,21 +316,26 @@ def run_train(args: argparse.Namespace) -> int:
     if not writer:
         return 0
     print(f"run saved in {run_dir}")
-    _threads_of_training(run_dir)
-    print(f"report: {write_report(run_dir)}")
+    with _threads_of_training(run_dir):
+        print(f"report: {write_report(run_dir)}")
     return 0
 
 
-def _threads_of_training(run_dir: Path) -> None:
+@contextlib.contextmanager
+def _threads_of_training(run_dir: Path) -> Iterator[None]:
     """The report encodes the validation set: with the threads training chose (metrics.csv
-    records them), so that a busy core slows it no more than it slowed training."""
+    records them), so that a busy core slows it no more than it slowed training; torch's own
+    count is put back after it (main may be called within a longer program)."""
     import torch
 
     from .runs import read_metrics
+    from .threads import restored
 
     rows = read_metrics(run_dir)
-    if rows and isinstance(rows[-1].get("threads"), int):
-        torch.set_num_threads(rows[-1]["threads"])
+    with restored():
+        if rows and isinstance(rows[-1].get("threads"), int):
+            torch.set_num_threads(rows[-1]["threads"])
+        yield
 
 
 def _row_printer():
