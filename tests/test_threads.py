@@ -132,7 +132,7 @@ def test_the_probe_draws_no_random_number_and_leaves_the_model(tiny_config, chan
     before = rng_states(state)
     weights = {name: p.detach().clone() for name, p in state.model.named_parameters()}
     labels = train_split.labels if config.conditional else None
-    step = training._thread_probe(state, train_split.images, labels)
+    step = threads.probe_step(state, train_split.images, labels, training._batch_terms)
     for _ in range(3):
         step()
     after = rng_states(state)

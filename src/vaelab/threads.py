@@ -10,7 +10,7 @@ CPUs this process may run on, within a cgroup's CPU quota), and keeps the faster
 
 The count changes only how a kernel splits its sums, hence the order of float additions: never
 which random numbers are drawn. The probe itself draws none of the run's (it works on a copy
-of the model with noise of its own; training.py), so a run whose probe chose N threads is the
+of the model with noise of its own: probe_step), so a run whose probe chose N threads is the
 run `--threads N` gives.
 """
 
@@ -22,13 +22,19 @@ import math
 import os
 import statistics
 import time
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
 from . import distributed
+from .data import to_float
+
+if TYPE_CHECKING:
+    from .losses import ELBOTerms
+    from .state import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +121,28 @@ def measure(step: Callable[[], None], counts: tuple[int, ...]) -> dict[int, floa
     finally:
         torch.set_num_threads(before)
     return timings
+
+
+def probe_step(state: TrainingState, images: torch.Tensor, labels: torch.Tensor | None,
+               batch_terms: Callable[..., ELBOTerms]) -> Callable[[], None]:
+    """One forward and backward pass as a training step makes them (`batch_terms` is
+    training's own), for `choose` to time: on a copy of the model (the run's weights and
+    gradients stay as they are), on the first batch of training images, with noise from a
+    generator of its own (the run's random streams and torch's global one draw nothing). No
+    optimizer step: the copy never changes."""
+    config = state.config
+    copy = deepcopy(state.model)
+    size = min(config.batch_size, len(images))
+    x = to_float(images[:size])
+    y = labels[:size] if labels is not None else None
+    noise = torch.Generator(device=x.device).manual_seed(0)
+    eps = torch.randn((config.iw_train,) * (config.iw_train > 1) + (size, config.latent_dim),
+                      generator=noise, device=x.device)
+
+    def step() -> None:
+        copy.zero_grad(set_to_none=True)
+        batch_terms(state, copy, x, eps, y, config.beta).objective.mean().backward()
+    return step
 
 
 @contextlib.contextmanager

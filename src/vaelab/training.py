@@ -11,7 +11,6 @@ import math
 import signal
 import sys
 import time
-from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -228,8 +227,8 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     state.steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
     state.data = data_summary(train_split, val_split)
     state.network = distributed.wrap(state.network, device)
-    torch.set_num_threads(threads.choose(config.threads, device, lambda: _thread_probe(
-        state, train_images, train_labels)).threads)
+    torch.set_num_threads(threads.choose(config.threads, device, lambda: threads.probe_step(
+        state, train_images, train_labels, _batch_terms)).threads)
     distributed.from_writer(lambda: _start_files(state, run_dir, len(train_images)))
     with StopSignals() as stop:
         for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -353,27 +352,6 @@ def _batch_terms(state: TrainingState, network: torch.nn.Module, x: torch.Tensor
         return iwae_terms(nll_samples(likelihood, out.params, x), out.z, out.mu, out.logvar,
                           beta)
     return elbo_terms(likelihood.nll(out.params, x), out.mu, out.logvar, beta)
-
-
-def _thread_probe(state: TrainingState, images: torch.Tensor, labels: torch.Tensor | None
-                  ) -> Callable[[], None]:
-    """One forward and backward pass as _step makes them, for threads.choose to time: on a
-    copy of the model (the run's weights and gradients stay as they are), on the first batch
-    of training images, with noise from a generator of its own (the run's random streams and
-    torch's global one draw nothing). No optimizer step: the copy never changes."""
-    config = state.config
-    copy = deepcopy(state.model)
-    size = min(config.batch_size, len(images))
-    x = to_float(images[:size])
-    y = labels[:size] if labels is not None else None
-    noise = torch.Generator(device=x.device).manual_seed(0)
-    eps = torch.randn((config.iw_train,) * (config.iw_train > 1) + (size, config.latent_dim),
-                      generator=noise, device=x.device)
-
-    def step() -> None:
-        copy.zero_grad(set_to_none=True)
-        _batch_terms(state, copy, x, eps, y, state.config.beta).objective.mean().backward()
-    return step
 
 
 def _interrupted(signum: int, run_dir: Path, epoch: int, batch: int) -> TrainingInterrupted:
