@@ -23,8 +23,11 @@ from record import Record
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("train_loss", "val_loss", "train_recon", "train_kl", "val_recon", "val_kl")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-ROWS = {  # name: (launcher prefix, threads per process; None = torch's default: every core)
-    "1 process, every core (plain `vaelab train`)": ([sys.executable, "-m", "vaelab"], None),
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+ROWS = {  # name: (launcher prefix, threads per process, as OMP_NUM_THREADS)
+    # every core given explicitly: a plain `vaelab train` measures one thread against every
+    # core at its start and keeps the faster (threads.py), which would make this row row 2
+    "1 process, every core": ([sys.executable, "-m", "vaelab"], CORES),
     "1 process, 1 thread": ([sys.executable, "-m", "vaelab"], 1),
     "2 processes x 1 thread (torchrun, gloo)": ([*TORCHRUN, "--nproc-per-node", "2", "-m",
                                                  "vaelab"], 1),

@@ -15,12 +15,14 @@ makes a folder of mixed sizes.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from vaelab.data import load_split
+from vaelab.errors import VaelabError
 
 COLOUR_SEED = 1234
 VAL_OFFSET = 100_000  # validation images draw their colours from seeds of their own
@@ -63,8 +65,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.exists():
         parser.error(f"{args.out} exists; choose a new folder")
-    train = load_split(args.dataset, "train", args.data_dir, args.limit_train)
-    val = load_split(args.dataset, "val", args.data_dir, args.limit_val)
+    try:  # missing or damaged IDX files: vaelab's one line (where they were looked for), no trace
+        train = load_split(args.dataset, "train", args.data_dir, args.limit_train)
+        val = load_split(args.dataset, "val", args.data_dir, args.limit_val)
+    except VaelabError as err:
+        sys.exit(f"{parser.prog}: error: {err}")
     write_split(train.images[:, 0].numpy(), train.labels.numpy(), args.out / "train", 0, args)
     write_split(val.images[:, 0].numpy(), val.labels.numpy(), args.out / "val", VAL_OFFSET, args)
     print(f"wrote {len(train)} training and {len(val)} validation images to {args.out}")

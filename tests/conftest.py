@@ -36,6 +36,17 @@ def image_cache(tmp_path_factory):
         os.environ["VAELAB_CACHE_DIR"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_count():
+    """Every run of the suite computes with torch's own thread count (as OMP_NUM_THREADS, which
+    subprocesses inherit too), not with what vaelab's thread probe measures: tests compare runs
+    number for number, which needs one count, and on a shared machine two probes may choose
+    differently. test_threads.py lifts this where it tests the probe."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
 @pytest.fixture()
 def tiny_config(data_dir: Path) -> Config:
     """The real code path at a tiny size: 512 training and 256 validation images, CPU."""

@@ -209,6 +209,12 @@ def test_the_explorer_on_a_colour_run_in_a_real_browser(colour_run, browser, tmp
         assert "Nearest validation images" in page.locator("#encode-status").inner_text()
         shown = np.asarray(decoded_picture(page, "#encoded-reconstruction").convert("RGB"))
         assert shown.shape[0] >= 32 and np.abs(shown[..., 0].astype(int) - shown[..., 2]).max() > 0
+        (tmp_path / "broken.png").write_text("not a picture")  # a colour run: no digit asked for
+        page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "broken.png"))
+        page.wait_for_function("document.querySelector('#encode-status').innerText"
+                               ".includes('Could not encode')", timeout=30_000)
+        status = page.locator("#encode-status").inner_text()
+        assert "upload a PNG or JPEG picture" in status and "digit" not in status
         page.close()
     finally:
         app.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 from .errors import VaelabError
@@ -177,7 +178,7 @@ def _encode_tab(gr, explorer: Explorer) -> None:
             if isinstance(image, dict):  # the sketchpad's layers: use what is shown
                 image = image.get("composite")
             elif isinstance(image, str):  # an uploaded file's path
-                image = read_picture(image)
+                image = read_picture(image, digit=explorer.drawable)
             result = explorer.encode_image(image, _label(explorer, name) if chosen else None)
         except VaelabError as err:
             return [f"**Could not encode:** {err}", None, None, None, None]
@@ -223,10 +224,24 @@ def check_can_serve(host: str, port: int) -> None:
 
 def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860,
            block: bool = True) -> Any:
-    """Serve the app; with block=False return it running (call .close() to stop it)."""
+    """Serve the app until Ctrl-C (KeyboardInterrupt reaches the caller once the server is
+    closed); with block=False return it running (call .close() to stop it)."""
     check_can_serve(host, port)
     gr = _gradio()
     app = build(explorer)
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True,
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
                max_file_size="50mb", theme=gr.themes.Soft())
+    if block:
+        serve_until_interrupted(app)
     return app
+
+
+def serve_until_interrupted(app: Any) -> None:
+    """Keep serving until Ctrl-C, then close the server and let KeyboardInterrupt reach the
+    caller (the CLI's one line and exit code 130). Gradio's own blocking wait would catch it,
+    print its own message and return as if all went well."""
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        app.close()

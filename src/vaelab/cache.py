@@ -1,13 +1,15 @@
 """The decoded-image cache: one uint8 tensor per folder and options, outside the data folder.
 
 The key covers every file's path, size and modification time, the size and channel options
-and the vaelab version; the file also carries the SHA-256 of its pixels. A file that is damaged,
-foreign or for another key is never trusted: the caller decodes again.
+and the vaelab version; the file is sealed with the SHA-256 of all its bytes (sealed.py). A file
+that is damaged anywhere, unsealed, foreign or for another key is never trusted: the caller
+decodes again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import first_line
+from . import sealed
+from .errors import load_failure
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -46,10 +49,6 @@ def path(key: str) -> Path:
     return cache_dir() / f"images-{key[:24]}.pt"
 
 
-def _digest(images: torch.Tensor) -> str:
-    return hashlib.sha256(images.numpy().data).hexdigest()
-
-
 def read(key: str) -> torch.Tensor | None:
     """The cached tensor if the file is whole and holds exactly this key; else None (and the
     cache is rebuilt: a damaged or foreign cache is never trusted)."""
@@ -57,13 +56,19 @@ def read(key: str) -> torch.Tensor | None:
     if not file.is_file():
         return None
     try:
-        saved = torch.load(file, weights_only=True)
+        body, is_sealed = sealed.unseal(file.read_bytes())
+        if not is_sealed:
+            raise ValueError("it carries no checksum")
+        saved = torch.load(io.BytesIO(body), weights_only=True)
         images = saved["images"]
-        if saved["format"] != FORMAT or saved["key"] != key or \
-                images.dtype != torch.uint8 or _digest(images) != saved["sha256"]:
+        if saved["format"] != FORMAT or saved["key"] != key or images.dtype != torch.uint8:
             raise ValueError("it does not match this folder and version")
+    except sealed.ChecksumMismatch:
+        log.info("the image cache %s is damaged (its checksum does not match); decoding again",
+                 file)
+        return None
     except Exception as err:  # noqa: BLE001 - whatever is wrong with it, decode again
-        log.info("the image cache %s is unusable (%s); decoding again", file, first_line(err))
+        log.info("the image cache %s is unusable (%s); decoding again", file, load_failure(err))
         return None
     return images
 
@@ -76,8 +81,7 @@ def write(key: str, images: torch.Tensor) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(file, "wb") as out:
-            torch.save({"format": FORMAT, "key": key, "images": images,
-                        "sha256": _digest(images)}, out)
+            sealed.save({"format": FORMAT, "key": key, "images": images}, out)
     except OSError as err:
         log.warning("cannot write the image cache %s (%s); the next run decodes again", file,
                     err.strerror or err)

@@ -7,12 +7,13 @@ answer at once, and each command imports what it uses when it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .config import RECIPES, RENAMED_RECIPES, Config, field_kind, flag_name
 from .errors import TrainingInterrupted, VaelabError
@@ -138,7 +139,9 @@ def add_figure_commands(commands) -> None:
                 lambda r, run, val, a: [r.figure_reconstructions(run, val, a.n, a.sample, a.seed,
                                                                  a.sample_pixels)],
                 ["reconstructions"])
-    p.add_argument("--n", type=int, default=16, help="how many images (default: 16)")
+    p.add_argument("--n", type=int, default=16,
+                   help="how many images (default: 16; rows of up to 16, each above its "
+                        "reconstructions; at most 256)")
     p.add_argument("--sample", action="store_true", help="decode z ~ q(z|x), not the mean")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for --sample and --sample-pixels (default: 0)")
@@ -149,11 +152,14 @@ def add_figure_commands(commands) -> None:
                                                          a.label, a.sample_pixels)],
                 ["samples"])
     p.add_argument("--n", type=int, help="how many samples (default: 64; a conditional run's "
-                                          "class grid: 10 per class)")
+                                          "class grid: 10 per class); at most 256 "
+                                          "outside the class grid")
     p.add_argument("--label", metavar="CLASS",
                    help="conditional runs: draw every sample as this class (name or index); "
                         "without it, one row per class")
-    p.add_argument("--temperature", type=float, default=1.0, help="T (default: 1)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="T, the spread of the latent draw z ~ N(0, T^2 I) (default: 1); it "
+                        "tempers z only: --sample-pixels then draws x ~ p(x|z) as it is")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     _add_sample_pixels(p)
 
@@ -219,6 +225,7 @@ def run_figures(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import write_evaluation
+    from .report import targets
 
     result, path = write_evaluation(args.run, args.iw_samples, args.split, args.limit,
                                     args.seed, args.checkpoint, args.device, args.data_dir,
@@ -231,7 +238,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     rows = [(f"-log {px}, IW K={k}", result["nll"], stderr),
             ("-ELBO", result["neg_elbo"], result["neg_elbo_stderr"]),
             ("  reconstruction", result["recon"], None), ("  KL", result["kl"], None)]
-    print(f"{result['images']} {args.split} images, {result['binarize']} targets, "
+    print(f"{result['images']} {args.split} images, {targets(result['binarize'])}, "
           f"{result['likelihood']} likelihood, {result['checkpoint']}.pt (epoch "
           f"{result['epoch']})")
     if result.get("conditional"):
@@ -266,7 +273,7 @@ def _print_bits(result: dict[str, Any], px: str) -> None:
 
 
 def run_explore(args: argparse.Namespace) -> int:
-    from .app import check_can_serve, launch
+    from .app import check_can_serve, launch, serve_until_interrupted
     from .explore import Explorer
     from .runs import load_run, validation_of
 
@@ -274,8 +281,9 @@ def run_explore(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.checkpoint, args.device)
     log.info("encoding the validation set for the explorer")
     explorer = Explorer(run, validation_of(run, args.data_dir, args.data))
+    app = launch(explorer, args.host, args.port, block=False)
     print(f"serving {run.path} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    launch(explorer, args.host, args.port)
+    serve_until_interrupted(app)
     return 0
 
 
@@ -292,7 +300,6 @@ def run_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .config import from_recipe
     from .report import write_report
-    from .runs import read_metrics
     from .training import RESUMABLE_CHANGES, check_resume_changes, restarted, resume, train
 
     changes = config_changes(args)
@@ -307,10 +314,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.recipe:
             raise VaelabError("a resumed run keeps its settings; --recipe is for new runs")
-        check_resume_changes(changes)  # refused before the table of epochs done is shown
-        for row in read_metrics(args.resume):  # the epochs already done, for context
-            print_row(row)
-        run_dir = resume(args.resume, progress=progress, on_epoch_end=print_row, **changes)
+        check_resume_changes(changes)
+        # The epochs already done are shown for context once the run is locked and restored,
+        # so a refused resume (a damaged checkpoint, a lock held) prints its error alone.
+        run_dir = resume(args.resume, progress=progress, on_epoch_end=print_row,
+                         on_resumed=lambda done: [print_row(row) for row in done], **changes)
     else:
         config = from_recipe(args.recipe, **changes)
         run_dir = train(config, args.out, force=args.force, progress=progress,
@@ -318,11 +326,28 @@ def run_train(args: argparse.Namespace) -> int:
     if not writer:
         return 0
     print(f"run saved in {run_dir}")
-    print(f"report: {write_report(run_dir)}")
+    with _threads_of_training(print_row.last):
+        print(f"report: {write_report(run_dir)}")
     return 0
 
 
+@contextlib.contextmanager
+def _threads_of_training(row: dict[str, float]) -> Iterator[None]:
+    """The report encodes the validation set: with the threads training chose (its last
+    epoch's row says), so that a busy core slows it no more than it slowed training; torch's
+    own count is put back after it (main may be called within a longer program)."""
+    import torch
+
+    from .threads import restored
+
+    with restored():
+        if isinstance(row.get("threads"), int):
+            torch.set_num_threads(row["threads"])
+        yield
+
+
 def _row_printer():
+    """Prints each epoch's row under one header; `.last` keeps the last row printed."""
     table: list[tuple[str, str, int]] = []
 
     def print_row(row: dict[str, float]) -> None:
@@ -330,7 +355,9 @@ def _row_printer():
             table.extend(_table_for(row))
             print("  ".join(f"{header:>{width}}" for _, header, width in table))
         print("  ".join(_cell(row[key], width) for key, _, width in table), flush=True)
+        print_row.last = row
 
+    print_row.last = {}
     return print_row
 
 
@@ -381,8 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except KeyboardInterrupt:  # train's first Ctrl-C stops it cleanly; this is a second one
-        saved = "; its last.pt is as the last save left it" if args.command == "train" else ""
-        print(f"vaelab: {args.command} interrupted (Ctrl-C){saved}", file=sys.stderr)
+        print(f"vaelab: {args.command} interrupted (Ctrl-C){_what_is_kept(args)}",
+              file=sys.stderr)
         return 130
     except TrainingInterrupted as stopped:
         _report(stopped, f"vaelab: {stopped}")
@@ -390,6 +417,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VaelabError as err:
         _report(err, f"vaelab: error: {err}")
         return 1
+
+
+def _what_is_kept(args: argparse.Namespace) -> str:
+    """What a training run interrupted outside its own stop handling (a second Ctrl-C, or one
+    while the data are read) leaves: last.pt as its last save left it, if there is one."""
+    run = (args.resume or args.out) if args.command == "train" else None
+    if run is None:
+        return ""
+    from .runs import LAST, holds_run
+
+    if (Path(run) / LAST).is_file():
+        return f"; {Path(run) / LAST} is as the last save left it (vaelab train --resume {run})"
+    if holds_run(Path(run)):
+        return f"; {run} has no checkpoint yet: start it again with --force"
+    return "; nothing was saved"
 
 
 def _report(err: VaelabError, line: str) -> None:

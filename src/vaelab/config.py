@@ -122,6 +122,10 @@ class Config:
         None, "clip the gradient's total norm to this; unset = no clipping, as the reference")
     seed: int = setting(0, "seeds Python, NumPy and torch, shuffling and sampling included")
     device: str = setting("auto", "auto = cuda, then mps, then cpu; or name one (cpu, cuda:1)")
+    threads: int | None = setting(
+        None, "CPU threads for training; unset = measured at the start: one thread or every "
+        "usable core, whichever trains faster (when another program keeps a core busy, all "
+        "cores can be many times slower). Changes only the order of float additions")
     ddp_backend: Literal["auto", "nccl", "gloo"] = setting(
         "auto", "under torchrun, how the processes talk: auto = nccl on CUDA, gloo on CPU")
     ddp_timeout: float = setting(
@@ -310,6 +314,8 @@ def _check_values(c: Config) -> None:
         value = getattr(c, name)
         if value is not None and value < 1:
             _fail(name, value, "must be at least 1, or unset for all images")
+    if c.threads is not None and c.threads < 1:
+        _fail("threads", c.threads, "must be at least 1, or unset to measure the best")
     if not 0 < c.val_fraction < 1:
         _fail("val_fraction", c.val_fraction, "must be between 0 and 1, e.g. 0.1")
     if c.classes is not None and not c.conditional:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import DataError
 from .idx import CLASSES, read_split
 
 if TYPE_CHECKING:
@@ -133,9 +132,9 @@ def with_data_shape(config: Config, split: Split) -> Config:
     if not config.conditional:
         return config
     if split.labels is None:
-        raise DataError(f"--conditional needs labelled images, and {config.data} has none: put "
-                        "each class in its own subfolder (or give labels in the .npz), or "
-                        "train without --conditional")
+        from .sources import unlabelled
+
+        raise unlabelled(config.data)
     return config.replace(classes=len(split.classes))
 
 

@@ -4,10 +4,23 @@ The CLI prints these as one line (no traceback) and exits non-zero; anything els
 that escapes is a bug in vaelab and keeps its traceback.
 """
 
+import re
+
 
 def first_line(err: BaseException) -> str:
     """An exception's message, first line only (its type's name if it has none)."""
     return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def load_failure(err: BaseException) -> str:
+    """Why torch.load refused a file, in one sentence and without its advice to retry with
+    weights_only=False: that runs whatever code the file holds, the one thing a damaged or
+    untrusted file must never get."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not re.search(r"weights.only|documentation", line, re.I)]
+    if not useful:
+        return type(err).__name__
+    return f"{type(err).__name__}: {useful[0].split('. ')[0].rstrip('.')}"
 
 
 class VaelabError(Exception):
@@ -24,6 +37,10 @@ class DataError(VaelabError):
 
 class CheckpointError(VaelabError):
     """A checkpoint or run directory is missing, damaged, foreign or from an unknown format."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint's bytes are not what vaelab wrote: flipped, cut short, or not a checkpoint."""
 
 
 class NonFiniteLoss(VaelabError):

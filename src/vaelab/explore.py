@@ -167,8 +167,9 @@ def enlarge_row(images: torch.Tensor, ink: bool = True) -> np.ndarray:
     return np.concatenate(row[:-1], axis=1)
 
 
-def read_picture(path: str) -> np.ndarray:
-    """An image file -> (H, W, 4) uint8 RGBA; a one-line VaelabError for anything else."""
+def read_picture(path: str, digit: bool = True) -> np.ndarray:
+    """An image file -> (H, W, 4) uint8 RGBA; a one-line VaelabError for anything else, which
+    asks for a picture of a digit only where the run's pictures are digits (`digit`)."""
     try:
         with Image.open(path) as picture:
             size = picture.width, picture.height
@@ -177,7 +178,7 @@ def read_picture(path: str) -> np.ndarray:
                 return np.asarray(ImageOps.exif_transpose(picture).convert("RGBA"))
     except Exception:  # a user's file: Pillow raises OSError, ValueError, EOFError, ...
         raise VaelabError("that file is not a picture this app can read; upload a PNG or "
-                          "JPEG of a digit") from None
+                          f"JPEG {'of a digit' if digit else 'picture'}") from None
     raise _too_large(*size)
 
 
@@ -240,9 +241,15 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
 class LatentMap:
     """The validation codes' 2-D scatter, rendered once; marking a point only draws a cross."""
 
+    # Blank pixels above the plot: Gradio lays an image's label over its top-left corner and
+    # its buttons over the top-right one, where they would hide the map's corner and the top
+    # of the colour bar.
+    TOP_BAND_PX = 48
+
     def __init__(self, points: torch.Tensor, labels: torch.Tensor | None,
                  classes: tuple[str, ...] = ()):
-        figure = Figure(figsize=(5, 4.6), dpi=100, layout="constrained")
+        figure = Figure(figsize=(5, 4.6), dpi=100)
+        figure.set_layout_engine("constrained", rect=(0, 0, 1, 1 - self.TOP_BAND_PX / 460))
         axes = figure.add_subplot()
         plots.scatter_codes(axes, points, labels, classes, "principal direction", size=2,
                             alpha=0.6)

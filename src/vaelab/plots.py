@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 from .checkpoint import atomic_open
@@ -23,6 +24,10 @@ SHOWN_SIDE = 84  # screen pixels an image's longer side is scaled up to, at leas
 TITLE_PX = 36   # height of the title band
 DPI = 100
 PAD = 2         # make_grid's padding between digits
+# The gaps' grey: unlike white paper or a black background, so tiles never merge into one sheet
+# (drawn pixels, --sample-pixels, often leave a tile's border white); it also fills empty cells.
+GAP_GREY = 0.75
+ROW_WIDTH = 16  # reconstructions per row: more go into further pairs of rows
 NAMES_PX = 72   # width of the band naming the rows (height of the one naming the columns)
 
 
@@ -42,13 +47,14 @@ def grid_figure_size(rows: int, cols: int, image_height: int = 28, image_width: 
 def image_grid(images: torch.Tensor, cols: int, title: str, ink: bool = True,
                row_names: list[str] | None = None, column_names: list[str] | None = None
                ) -> Figure:
-    """Images (N, C, H, W) in [0, 1] in rows of `cols` with white gaps; `ink` shows grey
-    images inverted (dark ink on white paper). `row_names` and `column_names` label the rows
-    (in a band on the left) and the columns (in a band under the title)."""
+    """Images (N, C, H, W) in [0, 1] in rows of `cols` with grey gaps; an image of NaNs is an
+    empty cell. `ink` shows grey images inverted (dark ink on white paper). `row_names` and
+    `column_names` label the rows (in a band on the left) and the columns (in a band under
+    the title)."""
     images = images.float()
     grey = images.shape[1] == 1
     shown = 1 - images if grey and ink else images
-    grid = make_grid(shown, nrow=cols, padding=PAD, pad_value=1.0)
+    grid = make_grid(shown, nrow=cols, padding=PAD, pad_value=GAP_GREY).nan_to_num(GAP_GREY)
     rows = math.ceil(len(images) / cols)
     width, height = grid_figure_size(rows, min(cols, len(images)), *images.shape[2:])
     left, top = NAMES_PX * bool(row_names), NAMES_PX // 3 * bool(column_names)
@@ -84,10 +90,26 @@ def shown(pixels: bool) -> str:
 
 def reconstructions(originals: torch.Tensor, decoded: torch.Tensor, sampled: bool,
                     ink: bool = True, pixels: bool = False) -> Figure:
-    how = "z ~ q(z|x)" if sampled else "the posterior mean"
-    return image_grid(torch.cat([originals, decoded]), len(originals),
-                      f"Top: validation images. Bottom: decoded from {how}, shown as "
-                      f"{shown(pixels)}", ink)
+    """Pairs of rows of up to ROW_WIDTH: validation images, and their reconstructions below."""
+    how = f"decoded from {'z ~ q(z|x)' if sampled else 'the posterior mean'}, shown as " \
+          f"{shown(pixels)}"
+    cols = min(len(originals), ROW_WIDTH)
+    if len(originals) <= cols:
+        return image_grid(torch.cat([originals, decoded]), cols,
+                          f"Top: validation images. Bottom: {how}", ink)
+    return image_grid(paired_rows(originals, decoded, cols), cols,
+                      f"Each row of validation images above its reconstructions: {how}", ink)
+
+
+def paired_rows(upper: torch.Tensor, lower: torch.Tensor, cols: int) -> torch.Tensor:
+    """(N, C, H, W) twice -> the tiles of rows of `cols`: `upper`'s first cols images, then
+    `lower`'s, then the next cols of each; a short last pair of rows is padded with empty
+    (NaN) cells, so each image stays above its partner."""
+    rows = math.ceil(len(upper) / cols)
+    empty = torch.full((rows * cols - len(upper), *upper.shape[1:]), math.nan)
+    shaped = [torch.cat([part.float(), empty]).unflatten(0, (rows, 1, cols))
+              for part in (upper, lower)]
+    return torch.cat(shaped, 1).flatten(0, 2)
 
 
 def samples(images: torch.Tensor, temperature: float, ink: bool = True,
@@ -97,7 +119,12 @@ def samples(images: torch.Tensor, temperature: float, ink: bool = True,
     spread = "I" if temperature == 1 else f"{temperature:g}² I"
     written = f", written as {label}" if label else ""
     return image_grid(images, cols, f"New images: decoded z ~ N(0, {spread}){written}, shown "
-                                    f"as {shown(pixels)}", ink)
+                                    f"as {shown(pixels)}{_tempered(temperature, pixels)}", ink)
+
+
+def _tempered(temperature: float, pixels: bool) -> str:
+    """The temperature scales the draw of z only: drawn pixels keep p(x|z)'s own noise."""
+    return " (T scales z only)" if pixels and temperature != 1 else ""
 
 
 def class_samples(images: torch.Tensor, classes: list[str], temperature: float,
@@ -107,7 +134,8 @@ def class_samples(images: torch.Tensor, classes: list[str], temperature: float,
     spread = "I" if temperature == 1 else f"{temperature:g}² I"
     return image_grid(images, len(images) // len(classes),
                       f"One row per class, one z ~ N(0, {spread}) per column, shown as "
-                      f"{shown(pixels)}", ink, row_names=classes)
+                      f"{shown(pixels)}{_tempered(temperature, pixels)}", ink,
+                      row_names=classes)
 
 
 def analogies(sources: torch.Tensor, decoded: torch.Tensor, classes: list[str],
@@ -198,6 +226,7 @@ def curves(metrics: list[dict[str, float]]) -> Figure:
                       markersize=4)
         axes.set_title(f"{name} (nats / image)")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
         axes.grid(alpha=0.3)
         axes.legend()
     return figure

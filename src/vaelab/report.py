@@ -28,9 +28,29 @@ SEED_TABLE = {1: (7267.97, 7022.17), 5: (6773.17, 6675.44), 10: (6629.47, 6563.2
 SEED_BATCHES_PER_IMAGE = (938 / 60_000, 157 / 10_000)
 
 
+# What the model was measured against, by --binarize, in words (eval.json keeps the setting).
+TARGETS = {"none": "grayscale", "dynamic": "binarized (dynamic)", "static": "binarized (static)"}
+
+
+def targets(binarize: str) -> str:
+    """The targets of a run with this --binarize, as prose says them: "grayscale targets"."""
+    return f"{TARGETS.get(binarize, binarize)} targets"
+
+
+# The most images one reconstruction or sample figure shows: 16 pairs of rows of 16
+# reconstructions, or a 16x16 grid of samples; a figure of more is too large to look at.
+MAX_FIGURE_IMAGES = 256
+
+
 def _at_least(flag: str, value: float, low: float) -> None:
     if value < low:
         raise VaelabError(f"{flag} {value} is not allowed: it must be at least {low}")
+
+
+def _at_most_a_figure(n: int) -> None:
+    if n > MAX_FIGURE_IMAGES:
+        raise VaelabError(f"--n {n} is more than one figure shows ({MAX_FIGURE_IMAGES} at "
+                          "most): ask for fewer, or make several figures with --seed")
 
 
 def ink(run: Run) -> bool:
@@ -42,6 +62,10 @@ def ink(run: Run) -> bool:
 def figure_reconstructions(run: Run, val: Split, n: int = 16, sample: bool = False,
                            seed: int = 0, pixels: bool = False) -> Figure:
     _at_least("--n", n, 1)
+    _at_most_a_figure(n)
+    if n > len(val):
+        log.warning("--n %d: the validation set holds %d images; showing all of them", n,
+                    len(val))
     # The IDX sets' first images are the seed's figure; a folder's are sorted by class, so
     # its images are taken evenly spaced through the validation set instead.
     spread = run.config.data is not None and len(val) > n
@@ -72,6 +96,7 @@ def figure_samples(run: Run, n: int | None = None, temperature: float = 1.0, see
         return plots.class_samples(images, list(run.classes), temperature, ink(run), pixels)
     n = 64 if n is None else n
     _at_least("--n", n, 1)
+    _at_most_a_figure(n)
     images = generate.sample_prior(run.model, n, temperature, seed, index, pixels)
     of = f"class {run.classes[index]}" if index is not None else None
     return plots.samples(images, temperature, ink(run), pixels, of)
@@ -109,13 +134,18 @@ def figure_interpolation(run: Run, val: Split, source: str | None = None,
         _labels(val, torch.tensor([i, j]))) for i, j in chosen])
     kind = "spherical" if spherical else "linear"
     label = ", label blended along" if run.model.conditional else ""
-    return plots.interpolations(strips, f"{_name(val, chosen[0][0])} → "
-                                        f"{_name(val, chosen[0][1])}: {kind} path between "
-                                        f"posterior means{label}, {steps} steps", ink(run))
+    ends = " → ".join(_name(val, i, by_image=index is not None) for i in chosen[0])
+    return plots.interpolations(strips, f"{ends}: {kind} path between posterior means{label}, "
+                                        f"{steps} steps", ink(run))
 
 
-def _name(val: Split, index: int) -> str:
-    return val.classes[int(val.labels[index])] if val.labels is not None else f"image {index}"
+def _name(val: Split, index: int, by_image: bool) -> str:
+    """An end of an interpolation: its class (pairs chosen by class), or the image asked for,
+    with its class in parentheses when the data have classes."""
+    of_class = val.classes[int(val.labels[index])] if val.labels is not None else None
+    if not by_image and of_class is not None:
+        return of_class
+    return f"image {index}" + (f" ({of_class})" if of_class is not None else "")
 
 
 def figure_latent(run: Run, val: Split, method: str = "pca") -> Figure:
@@ -329,8 +359,9 @@ def _evaluation_section(run: Run) -> list[str]:
     if not fresh:
         return ["<h2>Evaluation</h2>", f"<p>{_e(path.name)} measured a checkpoint this run no "
                 f"longer has; run <code>vaelab evaluate {_e(run.path)}</code> again.</p>"]
-    caption = (f"<p>{result['images']:,} {_e(result['split'])} images, {_e(result['binarize'])} "
-               f"targets, {_e(result['checkpoint'])}.pt (epoch {result['epoch']}), "
+    caption = (f"<p>{result['images']:,} {_e(result['split'])} images, "
+               f"{_e(targets(result['binarize']))}, {_e(result['checkpoint'])}.pt "
+               f"(epoch {result['epoch']}), "
                f"K = {result['iw_samples']:,} importance samples per image.</p>")
     rows = [[f"−log p(x), importance-weighted (K = {result['iw_samples']:,})", result["nll"],
              result["nll_stderr"]],

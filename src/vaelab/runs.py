@@ -23,7 +23,7 @@ import torch
 from .checkpoint import atomic_open, config_from_checkpoint, load_checkpoint, load_weights
 from .config import Config, resolve_device
 from .data import Split, validation_split
-from .errors import CheckpointError, VaelabError
+from .errors import CheckpointError, DamagedCheckpoint, VaelabError
 from .generate import class_index
 from .models import build_model
 
@@ -89,7 +89,10 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     if not path.is_dir():
         raise CheckpointError(f"no run directory at {path}; train one with "
                               f"`vaelab train --out {path}`")
-    payload = load_checkpoint(checkpoint_path(path, checkpoint))
+    try:
+        payload = load_checkpoint(checkpoint_path(path, checkpoint))
+    except DamagedCheckpoint as err:
+        raise with_advice(err, path, checkpoint, resuming=False) from None
     config = config_from_checkpoint(payload, path)
     target = resolve_device(device or config.device)
     model = build_model(config)
@@ -114,6 +117,24 @@ def validation_of(run: Run, data_dir: str | os.PathLike | None = None,
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return run_dir / (BEST if checkpoint == "best" else LAST)
+
+
+def with_advice(err: DamagedCheckpoint, run_dir: Path, checkpoint: str,
+                resuming: bool) -> CheckpointError:
+    """A damaged checkpoint's one line, completed with what to do: use the run's other
+    checkpoint if it is intact (read now, to say so only if it is), else start again."""
+    other = "best" if checkpoint == "last" else "last"
+    again = f"start again with `vaelab train --out {run_dir} --force`"
+    try:
+        epoch = load_checkpoint(checkpoint_path(run_dir, other))["epoch"]
+    except CheckpointError:
+        return CheckpointError(f"{err}; {checkpoint_path(run_dir, other).name} cannot stand in "
+                               f"for it: {again}")
+    intact = f"{checkpoint_path(run_dir, other)} (epoch {epoch}) is intact"
+    if resuming:
+        return CheckpointError(f"{err}; {intact}: copy it over {checkpoint_path(run_dir, LAST)} "
+                               f"to resume from epoch {epoch}, or {again}")
+    return CheckpointError(f"{err}; {intact}: pass --checkpoint {other}, or {again}")
 
 
 def eval_path(run_dir: Path, split: str) -> Path:
@@ -223,6 +244,6 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float]]:
 
 
 def _number(column: str, text: str) -> float:
-    if column in ("epoch", "step"):
+    if column in ("epoch", "step", "skipped_updates"):
         return int(text)
     return float(text) if text else math.nan

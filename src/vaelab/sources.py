@@ -6,7 +6,9 @@ resume, evaluate and every figure rebuild the same one.
 
 Arrays: an .npy holds images (N, H, W) or (N, H, W, C), uint8, unlabelled. An .npz holds
 `images` (and optionally `labels`, and `classes`, their names), or Keras's `x_train`, `y_train`,
-`x_test`, `y_test`, whose split is used as given.
+`x_test`, `y_test`, whose split is used as given. An .npz whose only array besides `labels` and
+`classes` has another name (`pics`, `arr_0` from numpy.savez(file, array)) is read as the
+images.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def load_image_data(config: Config) -> tuple[torch.Tensor, torch.Tensor | None,
     path = Path(config.data).expanduser()
     if path.suffix.lower() in ARRAY_SUFFIXES:
         arrays, labels, classes, given = _read_arrays(path)
+        _check_labelled(config, labels, path)
         is_val = _split(labels, len(arrays), classes, given, config, path)
         images = convert(arrays, config.image_size, config.channels, path)
     else:
@@ -42,11 +45,24 @@ def load_image_data(config: Config) -> tuple[torch.Tensor, torch.Tensor | None,
         labels = torch.tensor(listing.labels) if listing.labels is not None else None
         given = None if listing.given is None else torch.tensor(
             [name == "val" for name in listing.given])
-        # split before decoding: a split that cannot work is reported at once
+        # labels and split before decoding: what cannot work is reported at once
+        _check_labelled(config, labels, path)
         is_val = _split(labels, len(listing.files), listing.classes, given, config, path)
         images = read_folder(listing, config.image_size, config.channels, network_of(config))
         classes = listing.classes
     return images, labels, classes, is_val
+
+
+def _check_labelled(config: Config, labels: torch.Tensor | None, path: Path) -> None:
+    if config.conditional and labels is None:
+        raise unlabelled(path)
+
+
+def unlabelled(data: object) -> DataError:
+    """--conditional on images without labels: what to do instead."""
+    return DataError(f"--conditional needs labelled images, and {data} has none: put each "
+                     "class in its own subfolder (or give labels in the .npz), or train without "
+                     "--conditional")
 
 
 def _split(labels: torch.Tensor | None, count: int, classes: tuple[str, ...],

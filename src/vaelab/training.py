@@ -18,14 +18,14 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, threads
 from .checkpoint import (
     config_from_checkpoint,
     load_checkpoint,
     require_checkpoint,
     save_checkpoint,
 )
-from .config import Config, resolve_device
+from .config import Config, check_shape, resolve_device
 from .data import (
     Split,
     load_data,
@@ -34,7 +34,7 @@ from .data import (
     validation_images,
     with_data_shape,
 )
-from .errors import NonFiniteLoss, TrainingInterrupted, VaelabError
+from .errors import DamagedCheckpoint, NonFiniteLoss, TrainingInterrupted, VaelabError
 from .evaluate import evaluate_elbo
 from .losses import Totals
 from .runs import (
@@ -47,6 +47,7 @@ from .runs import (
     metric_columns,
     remove_temporaries,
     run_lock,
+    with_advice,
     write_config,
     write_metrics,
 )
@@ -57,7 +58,8 @@ from .version import __version__
 EpochCallback = Callable[[dict[str, float]], None]
 
 # Fields that only say where data lives or what runs the maths: a resume may change them.
-RESUMABLE_CHANGES = ("epochs", "data_dir", "data", "device", "ddp_backend", "ddp_timeout")
+RESUMABLE_CHANGES = ("epochs", "data_dir", "data", "device", "threads", "ddp_backend",
+                     "ddp_timeout")
 
 
 def train(config: Config, out: str | Path | None = None, *, force: bool = False,
@@ -75,11 +77,13 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
         config = _absolute_data(config)
         train_split, val_split = distributed.writer_first(lambda: load_data(config))
         config = with_data_shape(config, train_split)
+        check_shape(config.image_shape, config.arch)  # an array's size is known only now
         distributed.from_writer(lambda: _make_run_dir(run_dir))
         with distributed.writer_holds(lambda: run_lock(run_dir)):
             distributed.from_writer(lambda: _clear_or_refuse(run_dir, force))
             state = TrainingState.fresh(config, device)
-            _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
+            with threads.restored():
+                _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
     return run_dir
 
 
@@ -100,9 +104,12 @@ def _clear_or_refuse(run_dir: Path, force: bool) -> None:
 
 
 def resume(run_dir: str | Path, *, progress: bool | None = None,
-           on_epoch_end: EpochCallback | None = None, **changes: Any) -> Path:
+           on_epoch_end: EpochCallback | None = None,
+           on_resumed: Callable[[list[dict[str, float]]], None] | None = None,
+           **changes: Any) -> Path:
     """Continue RUN_DIR from last.pt with its saved config; `changes` may set epochs (to
-    train further), data_dir, device or the ddp settings.
+    train further), data_dir, device, threads or the ddp settings. `on_resumed` gets the
+    epochs done so far once the run is locked and its checkpoint restored.
 
     Under torchrun every rank reads last.pt (on several nodes RUN must be on a shared
     filesystem), at any world size; rank 0 alone locks and writes RUN."""
@@ -113,7 +120,7 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
         raise distributed.agreed(err) from None
     require_checkpoint(run_dir / LAST)
     check_resume_changes(changes)
-    payload = load_checkpoint(run_dir / LAST)  # atomic renames: never a half-written file
+    payload = _load_last(run_dir)  # atomic renames: never a half-written file
     config = _resumed_config(payload, run_dir, changes)
     device = resolve_device(config.device)
     distributed.check_batch(config.batch_size)
@@ -125,10 +132,21 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
         _check_same_data(payload, train_split, val_split)
         state = TrainingState.fresh(config, device)
         state.restore(payload, run_dir / LAST)
+        if on_resumed:
+            on_resumed(state.history)
         if state.partial:
             distributed.keep_writer_share(state.partial.totals)
-        _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
+        with threads.restored():
+            _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
     return run_dir
+
+
+def _load_last(run_dir: Path) -> dict[str, Any]:
+    """last.pt, or a one-line error that says whether best.pt can take its place."""
+    try:
+        return load_checkpoint(run_dir / LAST)
+    except DamagedCheckpoint as err:
+        raise with_advice(err, run_dir, "last", resuming=True) from None
 
 
 def restarted(out: str | Path) -> str | None:
@@ -214,6 +232,8 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     state.steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
     state.data = data_summary(train_split, val_split)
     state.network = distributed.wrap(state.network, device)
+    torch.set_num_threads(threads.choose(config.threads, device, lambda: threads.probe_step(
+        state, train_images, train_labels)).threads)
     distributed.from_writer(lambda: _start_files(state, run_dir, len(train_images)))
     with StopSignals() as stop:
         for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -234,7 +254,9 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
                    **val_totals.means("val", config.batch_size),
                    "beta": _kl_weight_now(state),
                    "lr": state.optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
-                   "epoch_seconds": time.perf_counter() - started}
+                   "epoch_seconds": time.perf_counter() - started,
+                   # the checkpoint's history keeps the thread count; metrics.csv does not
+                   "threads": torch.get_num_threads()}
             if state.gradient_limits[1] is not None:  # a run that may skip says how often
                 row["skipped_updates"] = state.skipped
             _end_epoch(state, row, run_dir)
