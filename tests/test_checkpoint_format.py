@@ -11,7 +11,6 @@ import torch
 from vaelab.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
-    _first_line,
     atomic_open,
     config_from_checkpoint,
     file_sha256,
@@ -21,7 +20,7 @@ from vaelab.checkpoint import (
     save_checkpoint,
 )
 from vaelab.config import Config
-from vaelab.errors import CheckpointError
+from vaelab.errors import CheckpointError, load_failure
 
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
 
@@ -143,6 +142,9 @@ def test_a_config_or_weights_that_do_not_fit_name_the_file(tmp_path):
                                       "config: retrain it")
 
 
-def test_an_errors_first_line_keeps_its_type():
-    assert _first_line(ValueError("bad header\nmore detail")) == "ValueError: bad header"
-    assert _first_line(RuntimeError("  ")) == "RuntimeError"
+def test_a_load_failure_is_one_sentence_that_keeps_its_type_and_drops_the_unsafe_advice():
+    assert load_failure(ValueError("bad header\nmore detail")) == "ValueError: bad header"
+    assert load_failure(RuntimeError("  ")) == "RuntimeError"
+    unpickling = RuntimeError("Weights only load failed. Re-running with weights_only=False "
+                              "may run arbitrary code.\nUnsupported global: GLOBAL os.system")
+    assert load_failure(unpickling) == "RuntimeError: Unsupported global: GLOBAL os.system"
