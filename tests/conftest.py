@@ -20,6 +20,7 @@ def data_dir() -> Path:
     if None in find_files("mnist", path).values():
         pytest.exit(f"MNIST files not found under {path}; set VAELAB_DATA_DIR to a folder "
                     "holding MNIST/raw/*.gz", returncode=4)
+    os.environ["VAELAB_DATA_DIR"] = str(path)  # the `vaelab` processes tests start read it too
     return path
 
 

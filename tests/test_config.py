@@ -126,7 +126,8 @@ def test_recipes_fill_in_what_is_not_set():
     assert fast == Config(**{**RECIPES["fast"], "epochs": 5}) and fast.lr == 1e-2
     with pytest.raises(ConfigError) as caught:
         from_recipe("slow")
-    assert str(caught.value) == "recipe 'slow' is unknown: choose one of reference, fast"
+    assert str(caught.value) == ("recipe 'slow' is unknown: choose one of reference, fast, "
+                                 "hvae-large")
 
 
 def test_the_old_recipe_name_still_works_with_a_line_naming_the_new_one(caplog):

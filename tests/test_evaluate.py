@@ -9,6 +9,7 @@ import torch
 from helpers import cli
 
 import vaelab.evaluate
+import vaelab.models.vae as vae_module
 import vaelab.training as training
 from vaelab import load_run, train
 from vaelab.data import (
@@ -197,18 +198,20 @@ def test_importance_weighted_training_runs_and_learns(tiny_config, tmp_path):
 
 
 def spy_on_objectives(monkeypatch):
-    """(name, arguments) of each call training._step makes to elbo_terms or iwae_terms."""
+    """(name, arguments) of each call a training step makes (through the VAE's `terms`) to
+    elbo_terms or iwae_terms; validation's calls, without gradients, are not counted."""
     calls = []
     for name in ("elbo_terms", "iwae_terms"):
-        real = getattr(training, name)
+        real = getattr(vae_module, name)
 
         def spy(*args, _name=name, _real=real, **kwargs):
-            bound = inspect.signature(_real).bind(*args, **kwargs)
-            bound.apply_defaults()
-            calls.append((_name, bound.arguments))
+            if torch.is_grad_enabled():  # a training step (validation runs without gradients)
+                bound = inspect.signature(_real).bind(*args, **kwargs)
+                bound.apply_defaults()
+                calls.append((_name, bound.arguments))
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(training, name, spy)
+        monkeypatch.setattr(vae_module, name, spy)
     return calls
 
 

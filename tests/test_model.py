@@ -108,7 +108,7 @@ def test_a_resnet_codes_each_image_independently_of_its_batch():
 ])
 def test_a_shape_an_architecture_cannot_take_is_one_line(shape, words):
     with pytest.raises(ConfigError) as error:
-        check_shape(shape, "conv")
+        check_shape(shape, "--arch conv")
     assert all(word in str(error.value) for word in words) and "\n" not in str(error.value)
 
 

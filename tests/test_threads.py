@@ -13,7 +13,6 @@ from helpers import cli
 from test_train import without_timings
 
 import vaelab.threads as threads
-import vaelab.training as training
 from vaelab import load_run, resume, train
 from vaelab.checkpoint import load_checkpoint
 from vaelab.config import Config
@@ -133,7 +132,7 @@ def test_the_probe_draws_no_random_number_and_leaves_the_model(tiny_config, chan
     before = rng_states(state)
     weights = {name: p.detach().clone() for name, p in state.model.named_parameters()}
     labels = train_split.labels if config.conditional else None
-    step = threads.probe_step(state, train_split.images, labels, training._batch_terms)
+    step = threads.probe_step(state, train_split.images, labels)
     for _ in range(3):
         step()
     after = rng_states(state)
