@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import vaelab
-from vaelab import generate, plots, report
+from vaelab import generate, plots
 from vaelab.data import load_split, to_float
 from vaelab.runs import load_run, validation_of
 
@@ -143,9 +143,9 @@ def main() -> None:
 
     figures = Path(args.figures)
     val = validation_of(conditional)
-    for name, figure in (("samples", report.figure_samples(conditional, seed=0)),
-                         ("analogies", report.figure_analogies(conditional, val)),
-                         ("latent", report.figure_latent(conditional, val))):
+    for name, figure in (("samples", figures.figure_samples(conditional, seed=0)),
+                         ("analogies", figures.figure_analogies(conditional, val)),
+                         ("latent", figures.figure_latent(conditional, val))):
         record.figure(plots.save(figure, figures / f"{name}.png"))
     record.save(args.json)
 

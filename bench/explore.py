@@ -38,7 +38,7 @@ def milliseconds(action, repeats: int) -> tuple[float, float]:
 def screenshot(explorer: Explorer, path: str, browser_path: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    from vaelab.app import launch
+    from vaelab.explorer_app import launch
 
     app = launch(explorer, port=7861, block=False)
     try:

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 import vaelab
-from vaelab import generate, plots, report
+from vaelab import figures, generate, plots
 from vaelab.checkpoint import load_checkpoint
 from vaelab.data import Split, to_float
 from vaelab.evaluate import write_evaluation
@@ -185,13 +185,13 @@ def curve_rows(dataset: str, runs: dict[str, vaelab.Run], epochs: list[int]) -> 
 def save_figures(record: Record, dataset: str, runs: dict[str, vaelab.Run], folder: Path) -> None:
     for name, run in runs.items():
         stem = folder / f"{dataset}-{name}"
-        record.figure(plots.save(report.figure_samples(run, 36, seed=0),
+        record.figure(plots.save(figures.figure_samples(run, 36, seed=0),
                                  f"{stem}-samples.png"))
-        record.figure(plots.save(report.figure_reconstructions(run, validation_of(run), 12),
+        record.figure(plots.save(figures.figure_reconstructions(run, validation_of(run), 12),
                                  f"{stem}-reconstructions.png"))
         if len(run.model.group_sizes) > 1:
-            record.figure(plots.save(report.figure_temperatures(run), f"{stem}-temperatures.png"))
-            record.figure(plots.save(report.figure_levels(run), f"{stem}-levels.png"))
+            record.figure(plots.save(figures.figure_temperatures(run), f"{stem}-temperatures.png"))
+            record.figure(plots.save(figures.figure_levels(run), f"{stem}-levels.png"))
 
 
 def main() -> None:

@@ -77,7 +77,7 @@ def peers_row(data: Path, epochs: int, batch_size: int, precision: str, device: 
     from vaelab.evaluate import EVAL_BATCH
     from vaelab.losses import elbo_terms
     from vaelab.models import build_model
-    from vaelab.state import uses_bf16
+    from vaelab.training_state import uses_bf16
 
     tick = time.perf_counter()
     train_set = datasets.ImageFolder(data / "train")  # lists the files; decodes nothing yet

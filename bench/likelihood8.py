@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import vaelab
-from vaelab import plots, report
+from vaelab import figures, plots
 from vaelab.checkpoint import load_checkpoint
 from vaelab.evaluate import evaluate_run, write_evaluation
 from vaelab.likelihoods import EIGHT_BIT
@@ -117,9 +117,9 @@ def save_figures(run_dir: Path, name: str, args: argparse.Namespace) -> list[Pat
     saved = []
     for pixels in draws:
         shown = "pixels" if pixels else "mean"
-        saved.append(plots.save(report.figure_samples(run, 36, pixels=pixels),
+        saved.append(plots.save(figures.figure_samples(run, 36, pixels=pixels),
                                 f"{stem}-samples-{shown}.png"))
-        saved.append(plots.save(report.figure_reconstructions(run, val, 12, pixels=pixels),
+        saved.append(plots.save(figures.figure_reconstructions(run, val, 12, pixels=pixels),
                                 f"{stem}-reconstructions-{shown}.png"))
     return saved
 

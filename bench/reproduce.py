@@ -21,7 +21,8 @@ from pathlib import Path
 
 import vaelab
 from vaelab import plots
-from vaelab.report import SEED_BATCHES_PER_IMAGE, SEED_TABLE, standard_figures
+from vaelab.figures import standard_figures
+from vaelab.report import REFERENCE_BATCHES_PER_IMAGE, REFERENCE_TABLE
 from vaelab.runs import validation_of
 
 from record import Record
@@ -53,12 +54,12 @@ def main() -> None:
     run = vaelab.load_run(run_dir)
     ours = {int(row["epoch"]): row for row in run.metrics}
     rows = []
-    for epoch, (train, val) in SEED_TABLE.items():
+    for epoch, (train, val) in REFERENCE_TABLE.items():
         mine = ours[epoch]
         rows.append([epoch, f"{train:.2f}", f"{val:.2f}", f"{mine['train_batch_loss']:.2f}",
                      f"{mine['val_batch_loss']:.2f}",
-                     f"{train * SEED_BATCHES_PER_IMAGE[0]:.2f}",
-                     f"{val * SEED_BATCHES_PER_IMAGE[1]:.2f}", f"{mine['train_loss']:.2f}",
+                     f"{train * REFERENCE_BATCHES_PER_IMAGE[0]:.2f}",
+                     f"{val * REFERENCE_BATCHES_PER_IMAGE[1]:.2f}", f"{mine['train_loss']:.2f}",
                      f"{mine['val_loss']:.2f}"])
         record.number(f"epoch {epoch}", {key: mine[key] for key in (
             "train_loss", "val_loss", "train_batch_loss", "val_batch_loss")})
@@ -69,14 +70,14 @@ def main() -> None:
                  "convention: each batch's summed loss, averaged over batches (938 training "
                  "and 157 validation batches of 64); nats per image = that x batches / images.")
     reached = next((epoch for epoch, row in ours.items()
-                    if row["val_batch_loss"] <= SEED_TABLE[10][1]), None)
+                    if row["val_batch_loss"] <= REFERENCE_TABLE[10][1]), None)
     record.number("first epoch at or below the notebook's final validation loss", reached)
     epoch_seconds = [row["epoch_seconds"] for row in run.metrics]
     record.number("seconds per epoch", epoch_seconds)
     timing = [["seconds per epoch (training and validation)",
                f"{min(epoch_seconds):.1f} to {max(epoch_seconds):.1f}"],
               ["first epoch whose validation loss is at or below the notebook's final "
-               f"{SEED_TABLE[10][1]:.2f}", str(reached)]]
+               f"{REFERENCE_TABLE[10][1]:.2f}", str(reached)]]
     if seconds is not None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         record.number("training wall seconds, data loading included", seconds)

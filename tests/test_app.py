@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from vaelab import load_run
-from vaelab.app import launch, port_free
 from vaelab.cli import main
 from vaelab.data import load_split
 from vaelab.explore import Explorer
+from vaelab.explorer_app import launch, port_free
 
 
 def free_port():

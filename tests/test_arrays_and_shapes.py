@@ -1,4 +1,4 @@
-"""sources.py's arrays and splits, and data.py's recording of the data's shape, without training:
+"""own_data.py's arrays and splits, and data.py's recording of the data's shape, without training:
 every refusal word for word, and what each accepted layout becomes (fast: run for every
 mutant)."""
 
@@ -9,7 +9,7 @@ import torch
 from vaelab import Config
 from vaelab.data import Split, validation_split, with_data_shape
 from vaelab.errors import DataError
-from vaelab.sources import _check_given, _check_images, _check_labels, _read_arrays, convert
+from vaelab.own_data import _check_given, _check_images, _check_labels, _read_arrays, convert
 
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
 

@@ -22,7 +22,7 @@ SEED_PARAMETERS = 258_025
 
 
 def test_the_label_adds_its_inputs_and_modulations_and_nothing_else():
-    # The unconditional network is the seed's; the conditional one adds a column per class to
+    # The unconditional network is the reference's; the conditional one adds a column per class to
     # the encoder's mu and log sigma^2 layers (D outputs each) and to the decoder's first layer
     # (3136 outputs), an input plane per class to the encoder's first conv (32 filters of 4x4),
     # and per class a gain and a shift for each channel of the decoder's two hidden stages

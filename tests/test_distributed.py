@@ -28,8 +28,8 @@ from vaelab.cli import main
 from vaelab.evaluate import write_evaluation
 from vaelab.models import build_model
 from vaelab.runs import LAST, LOCK, read_metrics
-from vaelab.state import set_seed
 from vaelab.training import resume
+from vaelab.training_state import set_seed
 
 REPO = Path(__file__).resolve().parents[1]
 HOOK = Path(__file__).with_name("signal_hook.py")

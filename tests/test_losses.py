@@ -31,7 +31,7 @@ def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
 def test_logits_form_equals_sigmoid_then_bce():
     generator = torch.Generator().manual_seed(1)
     logits = 4 * torch.randn(8, 1, 28, 28, generator=generator, dtype=torch.float64)
-    x = torch.rand(8, 1, 28, 28, generator=generator, dtype=torch.float64)  # grayscale: the seed's
+    x = torch.rand(8, 1, 28, 28, generator=generator, dtype=torch.float64)  # grayscale targets
     expected = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").sum((1, 2, 3))
     assert torch.allclose(bernoulli_nll(logits, x), expected, rtol=1e-10)
 

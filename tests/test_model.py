@@ -64,7 +64,7 @@ SEED_LAYERS = ["encoder.features.0", "encoder.features.2", "encoder.mu", "encode
 
 
 def test_the_seed_shape_builds_the_seeds_network_with_its_layer_names():
-    """Old checkpoints load only if the names and sizes are the seed's, exactly."""
+    """Old checkpoints load only if the names and sizes are the reference notebook's, exactly."""
     model = build_model(Config())
     names = sorted({key.rsplit(".", 1)[0] for key in model.state_dict()})
     assert names == sorted(SEED_LAYERS)

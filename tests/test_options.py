@@ -13,14 +13,14 @@ import torch
 from helpers import cli
 
 import vaelab.evaluate
-import vaelab.state
 import vaelab.training as training
+import vaelab.training_state
 from vaelab import VAE, Config, train
 from vaelab.config import RECIPES, from_recipe
 from vaelab.data import load_split
 from vaelab.errors import ConfigError, DataError
 from vaelab.runs import read_metrics
-from vaelab.state import TrainingState, uses_bf16
+from vaelab.training_state import TrainingState, uses_bf16
 
 CPU = torch.device("cpu")
 
@@ -123,7 +123,7 @@ def test_bf16_autocasts_every_step_and_still_learns(tiny_config, tmp_path, monke
 ])
 def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precision, native,
                                                            expected):
-    monkeypatch.setattr(vaelab.state, "_cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(vaelab.training_state, "_cpu_has_native_bf16", lambda: native)
     assert uses_bf16(precision, CPU) is expected
     assert TrainingState.fresh(Config(precision=precision, device="cpu"), CPU).bf16 is expected
 
@@ -132,7 +132,7 @@ def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precisi
 def test_precision_auto_is_fp32_on_gpus(monkeypatch, supported):
     """bf16 measured slower for this model on an H100 (state.uses_bf16's docstring)."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
-    monkeypatch.setattr(vaelab.state, "_cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(vaelab.training_state, "_cpu_has_native_bf16", lambda: True)
     assert uses_bf16("auto", torch.device("cuda")) is False
     assert uses_bf16("auto", torch.device("mps")) is False
 
@@ -167,7 +167,7 @@ def fake_compile(monkeypatch):
         compiled.append(Network(model))
         return compiled[-1]
 
-    monkeypatch.setattr(vaelab.state.torch, "compile", compile)
+    monkeypatch.setattr(vaelab.training_state.torch, "compile", compile)
     return compiled
 
 

@@ -57,7 +57,7 @@ def test_the_runs_record_their_data_and_rebuild_their_model(grey_run, colour_run
         assert run.model.shape == shape
         x = torch.rand(2, *shape)
         assert run.model.decode_mean(run.model.encode(x)[0]).shape == (2, *shape)
-    grey = load_run(grey_run)  # 1x28x28 with latent size 8: the seed's layers, other D
+    grey = load_run(grey_run)  # 1x28x28 with latent size 8: the reference's layers, other D
     assert count_parameters(grey.model) == 258_025 - 2 * (20 - 8) * (3136 + 1) - (20 - 8) * 3136
 
 
@@ -101,7 +101,7 @@ def test_evaluate_and_report_on_both_runs(capsys, grey_run, colour_run):
         code, out, err = cli(capsys, "report", run_dir)
         assert code == 0, err
         page = (run_dir / "report.html").read_text()
-        assert "Against the seed" not in page and "Evaluation" in page
+        assert "Against the reference notebook" not in page and "Evaluation" in page
         assert "data:image/png;base64" in page
 
 
@@ -177,8 +177,8 @@ def decoded_picture(page, selector):
 
 
 def test_the_explorer_on_a_colour_run_in_a_real_browser(colour_run, browser, tmp_path):
-    from vaelab.app import launch
     from vaelab.explore import Explorer
+    from vaelab.explorer_app import launch
 
     run = load_run(colour_run)
     explorer = Explorer(run, validation_split(run.config))

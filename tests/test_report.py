@@ -16,7 +16,7 @@ def test_report_is_self_contained_and_renders_in_chromium(trained_run, browser):
     assert report == trained_run / "report.html"
     html = report.read_text()
     assert not re.search(r"src=['\"](?!data:)", html)  # nothing loaded from elsewhere
-    for heading in ("Against the seed", "Per epoch", "Config"):
+    for heading in ("Against the reference notebook", "Per epoch", "Config"):
         assert heading in html
     page = browser.new_page()
     page.goto(report.as_uri())

@@ -1,4 +1,4 @@
-"""The seed's table on the full data set (minutes, so `make test-slow`, not `make test`)."""
+"""The reference's table on the full data set (minutes, so `make test-slow`, not `make test`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from vaelab import Config, train
 from vaelab.config import from_recipe
 from vaelab.runs import read_metrics
 
-SEED_FINAL_VAL_BATCH = 6563.28  # the seed's epoch-10 validation loss, its per-batch convention
+SEED_FINAL_VAL_BATCH = 6563.28  # the reference's epoch-10 validation loss, its per-batch convention
 SEED_FINAL_VAL_NATS = 103.04  # the same figure in nats per image
 
 

@@ -20,8 +20,8 @@ from test_images import pictures
 
 import vaelab.cache as cache
 import vaelab.images
-import vaelab.sources
-from vaelab import Config, load_run, plots, report, sealed, train
+import vaelab.own_data
+from vaelab import Config, figures, load_run, plots, sealed, train
 from vaelab.data import Split, load_data, load_split
 from vaelab.explore import LatentMap, read_picture
 from vaelab.plots import GAP_GREY, grid_figure_size
@@ -64,7 +64,7 @@ def test_conditional_on_an_unlabelled_folder_decodes_nothing(capsys, tmp_path, m
 
 def test_conditional_on_an_unlabelled_array_converts_nothing(capsys, tmp_path, monkeypatch):
     np.savez(tmp_path / "a.npz", images=np.zeros((10, 20, 20), np.uint8))
-    monkeypatch.setattr(vaelab.sources, "convert", lambda *a: pytest.fail("converted"))
+    monkeypatch.setattr(vaelab.own_data, "convert", lambda *a: pytest.fail("converted"))
     code, _, err = cli(capsys, "train", "--data", tmp_path / "a.npz", "--conditional",
                        "--image-size", 16, "--out", tmp_path / "run")
     assert code == 1 and "--conditional needs labelled images" in one_line(err)
@@ -183,7 +183,7 @@ def test_more_reconstructions_than_images_says_so(trained_run, caplog):
     run = load_run(trained_run)
     few = Split(torch.zeros(5, 1, 28, 28, dtype=torch.uint8), None)
     with caplog.at_level(logging.WARNING, logger="vaelab"):
-        report.figure_reconstructions(run, few, 16)
+        figures.figure_reconstructions(run, few, 16)
     assert "--n 16: the validation set holds 5 images; showing all of them" in caplog.text
 
 
@@ -195,12 +195,12 @@ def test_interpolate_by_index_is_titled_with_those_images(trained_run, data_dir)
     run = load_run(trained_run)
     val = load_split("mnist", "val", data_dir, limit=20)
     a, b = (val.classes[int(val.labels[i])] for i in (3, 7))
-    figure = report.figure_interpolation(run, val, index=(3, 7), steps=4)
+    figure = figures.figure_interpolation(run, val, index=(3, 7), steps=4)
     assert title(figure).startswith(f"image 3 ({a}) → image 7 ({b}): linear path")
     unlabelled = Split(val.images, None)
-    assert title(report.figure_interpolation(run, unlabelled, index=(3, 7), steps=4)).startswith(
+    assert title(figures.figure_interpolation(run, unlabelled, index=(3, 7), steps=4)).startswith(
         "image 3 → image 7:")
-    by_class = report.figure_interpolation(run, load_split("mnist", "val", data_dir, limit=500),
+    by_class = figures.figure_interpolation(run, load_split("mnist", "val", data_dir, limit=500),
                                            "6", "8", steps=4, pairs=1)
     assert title(by_class).startswith("6 → 8:")
 
@@ -212,11 +212,11 @@ def test_evaluate_names_its_targets_in_words(capsys, trained_run):
     assert out.splitlines()[0].startswith("5 test images, grayscale targets, bernoulli")
     assert cli(capsys, "report", trained_run)[0] == 0
     assert "5 test images, grayscale targets" in (trained_run / "report.html").read_text()
-    assert report.targets("dynamic") == "binarized (dynamic) targets"
+    assert figures.targets("dynamic") == "binarized (dynamic) targets"
 
 
 def test_the_curves_have_whole_epochs_only(trained_run):
-    figure = report.figure_curves(load_run(trained_run))
+    figure = figures.figure_curves(load_run(trained_run))
     FigureCanvasAgg(figure).draw()
     for axes in figure.axes:
         low, high = axes.get_xlim()

@@ -1,6 +1,6 @@
-"""The seed's network, unchanged: stored reference values of its initial weights for seed 0 and
+"""The reference's network, unchanged: stored reference values of its initial weights for seed 0 and
 of its outputs on a fixed input, recorded at ab5a0af (the release of 2026-11-29, whose model.py
-is the seed's network as README describes it). A change to the layers, their order, their
+is the reference's network as README describes it). A change to the layers, their order, their
 initialization or the forward pass fails here."""
 
 import hashlib
@@ -10,7 +10,7 @@ import torch
 
 from vaelab import Config
 from vaelab.models import build_model
-from vaelab.state import set_seed
+from vaelab.training_state import set_seed
 
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
 

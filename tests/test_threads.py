@@ -18,7 +18,7 @@ from vaelab.checkpoint import load_checkpoint
 from vaelab.config import Config
 from vaelab.data import load_data, with_data_shape
 from vaelab.errors import ConfigError
-from vaelab.state import TrainingState
+from vaelab.training_state import TrainingState
 
 
 @pytest.fixture()

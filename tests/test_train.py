@@ -74,7 +74,7 @@ def test_load_run_rebuilds_the_same_model(tiny_config, tmp_path):
 
 
 def seed_encoder(state, x):
-    """The seed's encoder written out with torch.nn.functional on the checkpoint's own
+    """The reference notebook's encoder written out with torch.nn.functional on the checkpoint's own
     tensors: an independent forward pass (no vaelab.model)."""
     h = F.relu(F.conv2d(x, state["encoder.features.0.weight"], state["encoder.features.0.bias"],
                         stride=2, padding=1))

@@ -42,7 +42,7 @@ def untrained_run(path, closed_form=False, **changes):
     model is tests/closed_form.py's, whose log p(x) is known from the pixels alone."""
     from vaelab.checkpoint import save_checkpoint
     from vaelab.config import Config
-    from vaelab.state import TrainingState
+    from vaelab.training_state import TrainingState
 
     config = Config(device="cpu", **changes)
     state = TrainingState.fresh(config, torch.device("cpu"))

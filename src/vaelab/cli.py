@@ -126,7 +126,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
 
 
 def add_figure_commands(commands) -> None:
-    """Each figure command's `make(report, run, val, args)` returns its figures; the report
+    """Each figure command's `make(figures, run, val, args)` returns its figures; the figures
     module (and with it matplotlib) is imported only when a command runs."""
 
     def command(name: str, help: str, make, files):
@@ -136,7 +136,7 @@ def add_figure_commands(commands) -> None:
         return parser
 
     p = command("reconstruct", "validation images above their reconstructions",
-                lambda r, run, val, a: [r.figure_reconstructions(run, val, a.n, a.sample, a.seed,
+                lambda f, run, val, a: [f.figure_reconstructions(run, val, a.n, a.sample, a.seed,
                                                                  a.sample_pixels)],
                 ["reconstructions"])
     p.add_argument("--n", type=int, default=16,
@@ -148,7 +148,7 @@ def add_figure_commands(commands) -> None:
     _add_sample_pixels(p)
 
     p = command("sample", "new digits: decoded z ~ N(0, T^2 I)",
-                lambda r, run, val, a: [r.figure_samples(run, a.n, a.temperature, a.seed,
+                lambda f, run, val, a: [f.figure_samples(run, a.n, a.temperature, a.seed,
                                                          a.label, a.sample_pixels)],
                 ["samples"])
     p.add_argument("--n", type=int, help="how many samples (default: 64; a conditional run's "
@@ -164,7 +164,7 @@ def add_figure_commands(commands) -> None:
     _add_sample_pixels(p)
 
     p = command("interpolate", "decode points between two digits' posterior means",
-                lambda r, run, val, a: [r.figure_interpolation(
+                lambda f, run, val, a: [f.figure_interpolation(
                     run, val, a.source, a.target, a.steps, a.pairs, a.spherical, a.index)],
                 ["interpolation"])
     p.add_argument("--from", dest="source", metavar="CLASS",
@@ -180,21 +180,21 @@ def add_figure_commands(commands) -> None:
     p.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
 
     p = command("latent", "2-D map of the validation codes (and the manifold when D = 2)",
-                lambda r, run, val, a: [r.figure_latent(run, val, "tsne" if a.tsne else "pca")]
-                + ([r.figure_manifold(run)] if run.model.code_dim == 2 else []),
+                lambda f, run, val, a: [f.figure_latent(run, val, "tsne" if a.tsne else "pca")]
+                + ([f.figure_manifold(run)] if run.model.code_dim == 2 else []),
                 ["latent", "manifold"])
     p.add_argument("--tsne", action="store_true",
                    help="t-SNE instead of PCA (needs scikit-learn: vaelab[tsne])")
 
     p = command("analogy", "conditional runs: validation images, each code decoded with every "
-                "label", lambda r, run, val, a: [r.figure_analogies(run, val, a.n)],
+                "label", lambda f, run, val, a: [f.figure_analogies(run, val, a.n)],
                 ["analogies"])
     p.add_argument("--n", type=int, default=8,
                    help="how many validation images, taking the classes in turn (default: 8)")
 
     p = command("levels", "models with several latent groups: what each level holds (row k "
                 "keeps the top k groups of one sample)",
-                lambda r, run, val, a: [r.figure_levels(run, a.n, a.temperature, a.seed,
+                lambda f, run, val, a: [f.figure_levels(run, a.n, a.temperature, a.seed,
                                                         a.label)], ["levels"])
     p.add_argument("--n", type=int, default=8, help="columns (default: 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="T (default: 1)")
@@ -202,7 +202,7 @@ def add_figure_commands(commands) -> None:
     p.add_argument("--label", metavar="CLASS", help="conditional runs: the class to draw")
 
     command("curves", "training curves from metrics.csv",
-            lambda r, run, val, a: [r.figure_curves(run)], ["curves"])
+            lambda f, run, val, a: [f.figure_curves(run)], ["curves"])
 
 
 def _add_sample_pixels(parser: argparse.ArgumentParser) -> None:
@@ -211,21 +211,21 @@ def _add_sample_pixels(parser: argparse.ArgumentParser) -> None:
 
 
 def run_figures(args: argparse.Namespace) -> int:
-    from . import plots, report
+    from . import figures, plots
     from .runs import FIGURES, load_run, validation_of
 
     run = load_run(args.run, args.checkpoint, args.device)
     needs_data = args.command not in ("sample", "curves", "levels")
     val = validation_of(run, args.data_dir, args.data) if needs_data else None
     folder = Path(args.out) if args.out else run.path / FIGURES
-    for figure, name in zip(args.make(report, run, val, args), args.files):
+    for figure, name in zip(args.make(figures, run, val, args), args.files):
         print(plots.save(figure, folder / f"{name}.png"))
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import write_evaluation
-    from .report import targets
+    from .figures import targets
 
     result, path = write_evaluation(args.run, args.iw_samples, args.split, args.limit,
                                     args.seed, args.checkpoint, args.device, args.data_dir,
@@ -273,8 +273,8 @@ def _print_bits(result: dict[str, Any], px: str) -> None:
 
 
 def run_explore(args: argparse.Namespace) -> int:
-    from .app import check_can_serve, launch, serve_until_interrupted
     from .explore import Explorer
+    from .explorer_app import check_can_serve, launch, serve_until_interrupted
     from .runs import load_run, validation_of
 
     check_can_serve(args.host, args.port)

@@ -1,5 +1,5 @@
 """Where a run's images come from: MNIST-like IDX files (idx.py: found, read, checked and
-downloaded there) or your own folder or array (`--data`, sources.py). Every source ends in the
+downloaded there) or your own folder or array (`--data`, own_data.py). Every source ends in the
 same Split of uint8 tensors.
 """
 
@@ -45,7 +45,7 @@ class Split:
 
 
 def limited(config: Config, split: Split, limit: int | None) -> Split:
-    """--limit-train, --limit-val, evaluate --limit: the IDX sets' first N images (the seed's
+    """--limit-train, --limit-val, evaluate --limit: the IDX sets' first N images (the reference's
     slices); for --data, N chosen with the run's seed from every class."""
     return split.head(limit) if config.data is None else split.sample(limit, config.seed)
 
@@ -68,7 +68,7 @@ def binarize(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def training_images(config: Config, split: Split) -> torch.Tensor:
-    """What the model learns from: grayscale (the seed's), or binarized once (static)."""
+    """What the model learns from: grayscale (the reference's), or binarized once (static)."""
     return binarize(split.images, config.seed + 1) if config.binarize == "static" else split.images
 
 
@@ -81,10 +81,10 @@ def validation_images(config: Config, split: Split) -> torch.Tensor:
 
 
 def load_data(config: Config) -> tuple[Split, Split]:
-    """Training and validation Splits. The IDX sets: the seed's split, the 60,000 training
-    images and the 10,000 test images as validation. --data: sources.load_image_data."""
+    """Training and validation Splits. The IDX sets: the reference's split, the 60,000 training
+    images and the 10,000 test images as validation. --data: own_data.load_image_data."""
     if config.data is not None:
-        from .sources import load_image_data
+        from .own_data import load_image_data
 
         images, labels, classes, is_val = load_image_data(config)
         train, val = (Split(images[part], labels[part] if labels is not None else None, classes)
@@ -99,7 +99,7 @@ def _resized(config: Config, split: Split) -> Split:
     """--image-size and --channels applied to an IDX set (as to any other source)."""
     if config.image_size is None and config.channels in (None, 1):
         return split
-    from .sources import convert
+    from .own_data import convert
 
     images = convert(split.images.permute(0, 2, 3, 1).numpy(), config.image_size,
                      config.channels, config.dataset)
@@ -132,7 +132,7 @@ def with_data_shape(config: Config, split: Split) -> Config:
     if not config.conditional:
         return config
     if split.labels is None:
-        from .sources import unlabelled
+        from .own_data import unlabelled
 
         raise unlabelled(config.data)
     return config.replace(classes=len(split.classes))

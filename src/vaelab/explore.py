@@ -1,6 +1,6 @@
 """The latent-space explorer's logic as plain functions: tensors in, uint8 arrays out.
 
-`vaelab explore` (app.py) only wires these to Gradio widgets, so everything here is tested
+`vaelab explore` (explorer_app.py) only wires these to Gradio widgets, so everything here is tested
 without a browser. Sliders move z along the principal directions of the validation set's
 posterior means, in units of each direction's standard deviation. For a conditional run the
 codes hold the style and a class selector sets the digit: every decode takes a label.

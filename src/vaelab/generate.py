@@ -247,7 +247,7 @@ def pick_pairs(split: Split, source: str | int, target: str | int, pairs: int
 
 
 def default_pair(split: Split) -> tuple[str, str]:
-    """The seed's 6 -> 8 where those are classes; else the first two classes; for unlabelled
+    """The reference's 6 -> 8 where those are classes; else the first two classes; for unlabelled
     data, validation images 0 -> 1."""
     if split.labels is None:
         return "0", "1"

@@ -3,7 +3,7 @@ log p(x|z) per image, into the picture to show (its mean) and into a sample of p
 
 Training, evaluation, the figures, the report and the explorer only call these methods:
 
-    bernoulli         the seed's; a cross-entropy on grey values, a density of binary images
+    bernoulli         the reference's; a cross-entropy on grey values, a density of binary images
     logistic          a discretized logistic on the 256 levels of each sub-pixel
     logistic-mixture  a mixture of discretized logistics per sub-pixel (PixelCNN++'s, without
                       its dependence between channels: see discretized.py)
@@ -45,7 +45,7 @@ class Likelihood(Protocol):
 
 
 class Bernoulli:
-    """The seed's: each sub-pixel x in [0, 1] under Bernoulli(sigmoid(logit)); one logit per
+    """The reference's: each sub-pixel x in [0, 1] under Bernoulli(sigmoid(logit)); one logit per
     sub-pixel. For grey x it is a cross-entropy, not a density of 8-bit images (see evaluate)."""
 
     name = "bernoulli"
@@ -72,7 +72,7 @@ class Bernoulli:
         return bernoulli_nll(torch.logit(x, eps=1e-12), x).mean().item()
 
     def initial_bias(self, channels: int) -> None:
-        return None  # the seed's initialization, unchanged
+        return None  # the reference notebook's initialization, unchanged
 
 
 LIKELIHOODS = {"bernoulli": Bernoulli, "logistic": DiscretizedLogistic,

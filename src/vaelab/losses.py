@@ -28,7 +28,7 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log p(x|z) = -sum_pixels [x log s + (1 - x) log(1 - s)],  s = sigmoid(logits).
 
     logits, x: (B, C, H, W) -> (B,). Computed from logits (log-sum-exp form), so it
-    stays finite where sigmoid saturates; x may be grayscale in [0, 1] (the seed's targets).
+    stays finite where sigmoid saturates; x may be grayscale in [0, 1] (the reference's targets).
     """
     pixel_nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     return pixel_nll.flatten(1).sum(1)

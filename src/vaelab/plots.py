@@ -3,7 +3,7 @@
 Image figures are exact: each image is upscaled a whole number of times (nearest neighbour;
 3x for 28x28) with a title band above, so a PNG's pixel size follows from its grid alone
 (`grid_figure_size`). Grey images of the IDX sets (light on black) are shown as dark ink on
-white, as the seed's figures; your own images are shown as they are, in colour if they are.
+white, as the reference's figures; your own images are shown as they are, in colour if they are.
 """
 
 from __future__ import annotations

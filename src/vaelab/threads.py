@@ -33,7 +33,7 @@ from . import distributed
 from .data import to_float
 
 if TYPE_CHECKING:
-    from .state import TrainingState
+    from .training_state import TrainingState
 
 log = logging.getLogger(__name__)
 

@@ -51,8 +51,8 @@ from .runs import (
     write_config,
     write_metrics,
 )
-from .state import EpochProgress, TrainingState
-from .stopping import StopSignals
+from .stop_signals import StopSignals
+from .training_state import EpochProgress, TrainingState
 from .version import __version__
 
 EpochCallback = Callable[[dict[str, float]], None]

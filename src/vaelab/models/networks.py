@@ -30,7 +30,7 @@ from torch import nn
 
 from ..config import check_shape
 
-SEED_SHAPE = (1, 28, 28)
+REFERENCE_SHAPE = (1, 28, 28)
 ARCHS = ("conv", "resnet")
 
 
@@ -39,9 +39,9 @@ def _widths(count: int, first: int, most: int = 256) -> list[int]:
 
 
 class Encoder(nn.Module):
-    """The seed's convolutional encoder, generalized: (B, C, H, W) -> mu, logvar (B, D)."""
+    """The reference's convolutional encoder, generalized: (B, C, H, W) -> mu, logvar (B, D)."""
 
-    def __init__(self, latent_dim: int, shape: tuple[int, int, int] = SEED_SHAPE,
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int] = REFERENCE_SHAPE,
                  classes: int = 0):
         super().__init__()
         count = check_shape(shape, "--arch conv")
@@ -67,9 +67,9 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The seed's decoder, generalized: z (B, D) -> (B, outputs, H, W)."""
+    """The reference notebook's decoder, generalized: z (B, D) -> (B, outputs, H, W)."""
 
-    def __init__(self, latent_dim: int, shape: tuple[int, int, int] = SEED_SHAPE,
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int] = REFERENCE_SHAPE,
                  outputs: int = 1, classes: int = 0):
         super().__init__()
         count = check_shape(shape, "--arch conv")
@@ -117,7 +117,7 @@ class ClassFiLM(nn.Module):
 
 def class_films(modulated: dict[int, int], classes: int) -> nn.ModuleDict:
     """A ClassFiLM after each decoder layer named in `modulated` ({index: channels}), keyed by
-    that index; none without classes, so an unconditional decoder is exactly the seed's."""
+    that index; none without classes, so an unconditional decoder is exactly the reference's."""
     if not classes:
         return nn.ModuleDict()
     return nn.ModuleDict({str(index): ClassFiLM(channels, classes)

@@ -24,7 +24,7 @@ from ..losses import (
 from .interface import one_hot
 from .networks import (
     ARCHS,
-    SEED_SHAPE,
+    REFERENCE_SHAPE,
     Decoder,
     Encoder,
     ResNetDecoder,
@@ -54,7 +54,7 @@ class VAE(nn.Module):
     term_names = ("recon", "kl")
     default_grad_clip = default_grad_skip = None  # the reference trains without either
 
-    def __init__(self, latent_dim: int = 20, shape: tuple[int, int, int] = SEED_SHAPE,
+    def __init__(self, latent_dim: int = 20, shape: tuple[int, int, int] = REFERENCE_SHAPE,
                  arch: str = "conv", likelihood: str = "bernoulli", components: int = 10,
                  classes: int = 0):
         super().__init__()
