@@ -10,7 +10,8 @@ from helpers import cli
 from torch.distributions import Normal, kl_divergence
 
 from vaelab import Config, load_run, train
-from vaelab.errors import ConfigError
+from vaelab.checkpoint import load_checkpoint
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.hvae import HVAE
 
 SMALL = dict(hvae_channels=16, hvae_latent_channels=2, hvae_groups=1)
@@ -92,17 +93,34 @@ def test_the_label_reaches_both_paths():
                                model.code(x, torch.tensor([2, 2])))
 
 
-def test_updates_with_an_outlying_gradient_are_skipped_and_counted(tiny_config, tmp_path):
-    """A skip threshold below every gradient norm: no update is applied, the weights stay as
-    they started, and metrics.csv counts the skipped steps (8 batches of 64)."""
+def test_updates_with_an_outlying_gradient_are_skipped_and_counted(tiny_config, tmp_path,
+                                                                   monkeypatch):
+    """Steps 3 and 6 of 8 (batches of 64) get a gradient norm far above --grad-skip: Adam
+    applies the other 6 (its step count), and metrics.csv counts the 2 skipped."""
+    real, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def outlier_at_steps_3_and_6(*args, **kwargs):
+        norm = real(*args, **kwargs)
+        calls.append(1)
+        return norm + 1e12 if len(calls) in (3, 6) else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", outlier_at_steps_3_and_6)
+    config = tiny_config.replace(model="hvae", **SMALL, grad_skip=1e9)
+    run_dir = train(config, tmp_path / "run", progress=False)
+    adam = load_checkpoint(run_dir / "last.pt")["optimizer"]["state"]
+    assert {state["step"].item() for state in adam.values()} == {6}
+    run = load_run(run_dir, "last")
+    assert run.metrics[-1]["skipped_updates"] == 2 and run.metrics[-1]["step"] == 8
+
+
+def test_an_epoch_whose_every_update_is_skipped_stops_the_run(tiny_config, tmp_path):
+    """A threshold below every gradient norm would leave the model as it started."""
     config = tiny_config.replace(model="hvae", **SMALL, grad_skip=1e-12)
-    run = load_run(train(config, tmp_path / "run", progress=False), "last")
-    torch.manual_seed(run.config.seed)  # as training seeds the model's start
-    start = HVAE.from_config(run.config)
-    for (name, before), after in zip(start.state_dict().items(),
-                                     run.model.state_dict().values()):
-        assert torch.equal(before, after), name
-    assert run.metrics[-1]["skipped_updates"] == 8 and run.metrics[-1]["step"] == 8
+    with pytest.raises(VaelabError, match=r"^every update of epoch 1 was skipped: their "
+                       r"gradient norms were above --grad-skip 1e-12; nothing was saved\. "
+                       r"Raise --grad-skip, or leave it unset$"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_the_vae_records_no_skipped_updates_unless_asked(tiny_config, tmp_path):

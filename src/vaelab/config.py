@@ -116,8 +116,8 @@ class Config:
         2, "hvae: latent groups at each resolution, from the image's half size down to 7x7 or "
         "4x4 (28x28: 14 and 7, so 4 groups at the default)")
     grad_skip: float | None = setting(
-        None, "skip an update whose gradient norm exceeds this (as VDVAE does): unset = the "
-        "family's own (never for vae; hvae skips outliers)")
+        None, "skip an update whose gradient norm (of the per-image loss) exceeds this, as "
+        "VDVAE does; unset = never. An epoch whose every update is skipped stops the run")
     grad_clip: float | None = setting(
         None, "clip the gradient's total norm to this; unset = no clipping, as the reference")
     seed: int = setting(0, "seeds Python, NumPy and torch, shuffling and sampling included")

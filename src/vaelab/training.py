@@ -237,7 +237,10 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     distributed.from_writer(lambda: _start_files(state, run_dir, len(train_images)))
     with StopSignals() as stop:
         for epoch in range(state.epoch + 1, config.epochs + 1):
+            steps_before, skipped_before = state.step, state.skipped
             result = _train_epoch(state, train_images, train_labels, epoch, show, stop)
+            _refuse_an_epoch_of_skips(state, epoch, state.step - steps_before,
+                                      state.skipped - skipped_before)
             if result is None:  # stopped mid-epoch: state.partial says where
                 distributed.summed(state.partial.totals)
                 if distributed.is_writer():
@@ -264,6 +267,19 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
                 on_epoch_end(row)
             if stop.requested() is not None and epoch < config.epochs:
                 raise _interrupted(stop.signum, run_dir, epoch + 1, 0)
+
+
+def _refuse_an_epoch_of_skips(state: TrainingState, epoch: int, steps: int,
+                              skipped: int) -> None:
+    """A skip threshold below the gradient norms of every step would leave the model as it
+    started while the run looked busy: stop, keeping the last good checkpoint."""
+    if steps and skipped == steps:
+        kept = f"last.pt and best.pt keep epoch {state.epoch}" if state.epoch else \
+            "nothing was saved"
+        raise VaelabError(
+            f"every update of epoch {epoch} was skipped: their gradient norms were above "
+            f"--grad-skip {state.gradient_limits[1]:g}; {kept}. Raise --grad-skip, or leave "
+            "it unset")
 
 
 def _train_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tensor | None,
