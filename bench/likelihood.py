@@ -17,15 +17,14 @@ the extra epochs.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from shared import evaluate_or_reuse
 
 import vaelab
 from vaelab.checkpoint import load_checkpoint
-from vaelab.evaluate import write_evaluation
 
 from record import Record
 
@@ -60,17 +59,6 @@ def train_or_reuse(run: Path, config: vaelab.Config) -> None:
                          "move it away or pick another --runs folder")
     if saved["epoch"] < config.epochs:
         vaelab.resume(run, epochs=config.epochs)
-
-
-def evaluate_or_reuse(run: Path, samples: int, limit: int | None) -> dict:
-    cached = run / "eval.json"
-    epoch = load_checkpoint(run / "best.pt")["epoch"]
-    if cached.is_file():
-        result = json.loads(cached.read_text())
-        if (result["iw_samples"], result["epoch"]) == (samples, epoch) and \
-                result["images"] == min(limit or 10_000, 10_000):
-            return result
-    return write_evaluation(str(run), samples, limit=limit)[0]
 
 
 def main() -> None:

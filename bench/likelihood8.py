@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 
 import torch
+from shared import evaluate_or_reuse
 
 import vaelab
 from vaelab import figures, plots
 from vaelab.checkpoint import load_checkpoint
-from vaelab.evaluate import evaluate_run, write_evaluation
+from vaelab.evaluate import evaluate_run
 from vaelab.likelihoods import EIGHT_BIT
 from vaelab.runs import validation_of
 
@@ -60,17 +61,6 @@ def train_or_reuse(run: Path, config: vaelab.Config) -> None:
                          "away or pick another --runs folder")
     if saved["epoch"] < config.epochs:
         vaelab.resume(run, epochs=config.epochs, progress=False)
-
-
-def evaluate_or_reuse(run: Path, samples: int, limit: int | None, data: str) -> dict:
-    cached = run / "eval.json"
-    epoch = load_checkpoint(run / "best.pt")["epoch"]
-    if cached.is_file():
-        result = json.loads(cached.read_text())
-        if (result["iw_samples"], result["epoch"]) == (samples, epoch) and \
-                result["images"] == min(limit or 10_000, 10_000):
-            return result
-    return write_evaluation(str(run), samples, limit=limit, data=data, progress=False)[0]
 
 
 def evaluate_spread(run: Path, samples: int, count: int, data: str) -> dict:
