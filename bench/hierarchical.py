@@ -37,14 +37,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from shared import confidences, evaluate_or_reuse, train_classifier
 from torch import nn
 
 import vaelab
 from vaelab import figures, generate, plots
 from vaelab.checkpoint import load_checkpoint
-from vaelab.data import Split, to_float
-from vaelab.evaluate import write_evaluation
 from vaelab.models import count_parameters
 from vaelab.runs import validation_of
 
@@ -100,48 +98,7 @@ def train_in_process(run: Path, changes: dict) -> float:
     return peak
 
 
-def evaluate_or_reuse(run: Path, samples: int, limit: int | None) -> dict:
-    cached = run / "eval.json"
-    epoch = load_checkpoint(run / "best.pt")["epoch"]
-    if cached.is_file():
-        result = json.loads(cached.read_text())
-        if (result["iw_samples"], result["epoch"]) == (samples, epoch) and \
-                result["images"] == min(limit or 10_000, 10_000):
-            return result
-    return write_evaluation(str(run), samples, limit=limit, progress=False)[0]
-
-
 # ---- the colour classifier ---------------------------------------------------------------
-
-def classifier(channels: int) -> nn.Module:
-    """Two conv blocks and a linear layer, as bench/conditional.py's, for colour images."""
-    return nn.Sequential(
-        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, 10))
-
-
-def train_classifier(train: Split, test: Split, epochs: int = 3) -> tuple[nn.Module, float]:
-    torch.manual_seed(0)
-    model = classifier(train.images.shape[1])
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(epochs):
-        model.train()
-        for batch in torch.randperm(len(train)).split(128):
-            loss = nn.functional.cross_entropy(model(to_float(train.images[batch])),
-                                               train.labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    predicted = confidences(model, to_float(test.images)).argmax(1)
-    return model, (predicted == test.labels).double().mean().item()
-
-
-@torch.inference_mode()
-def confidences(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(part).softmax(1) for part in images.split(1000)])
-
 
 def recognized(judge: nn.Module, run: vaelab.Run, count: int, temperature: float) -> float:
     """The share of `count` prior samples (the likelihood's means) the judge classifies
@@ -214,7 +171,8 @@ def main() -> None:
 
     record = Record("hierarchical", __doc__)
     rows, curves, colour = [], [], []
-    marks = sorted({1, 2, 5, args.epochs, *range(10, args.epochs + 1, 10)})
+    marks = sorted({e for e in (1, 2, 5) if e <= args.epochs} | {args.epochs,
+                                                             *range(10, args.epochs + 1, 10)})
     for dataset in args.datasets:
         runs = {}
         for name in args.models:
