@@ -80,8 +80,10 @@ def train_row(run: Path, changes: dict) -> None:
         vaelab.train(config, run, force=True, progress=False)
     else:
         saved = load_checkpoint(run / "last.pt")
-        if any(saved["config"].get(key) != value for key, value in changes.items()
-               if key != "epochs"):
+        given = config.to_dict()
+        if config.data:  # as the checkpoint keeps it: an absolute path
+            given["data"] = str(Path(config.data).expanduser().absolute())
+        if any(saved["config"].get(key) != given[key] for key in changes if key != "epochs"):
             sys.exit(f"{run} was trained with other settings; move it or pick another --runs")
         if saved["epoch"] < config.epochs:
             vaelab.resume(run, epochs=config.epochs, progress=False)
