@@ -24,7 +24,8 @@ PACKAGE = REPO / "src" / "vaelab"
 def benchmark_pages() -> None:
     """A page per result file, and for a bench with no result yet a page that says so."""
     results = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))}
-    scripts = {path.stem: path for path in sorted(BENCH.glob("*.py")) if path.stem != "record"}
+    scripts = {path.stem: path for path in sorted(BENCH.glob("*.py"))  # benches, not helpers
+               if '__name__ == "__main__"' in path.read_text()}
     lines = ["# Benchmarks", "",
              "Every number on these pages was written by a bench script into "
              "`bench/results/NAME.json`; each page is built from that file, with the command "
