@@ -1,6 +1,7 @@
 """checkpoint.py without training: atomic writes, and every defect of a checkpoint file as one
 CheckpointError naming the file (fast: run for every mutant)."""
 
+import datetime
 import hashlib
 import os
 import stat
@@ -8,9 +9,11 @@ import stat
 import pytest
 import torch
 
+from vaelab import sealed
 from vaelab.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
+    SEALED_KEY,
     atomic_open,
     config_from_checkpoint,
     file_sha256,
@@ -20,7 +23,7 @@ from vaelab.checkpoint import (
     save_checkpoint,
 )
 from vaelab.config import Config
-from vaelab.errors import CheckpointError, load_failure
+from vaelab.errors import CheckpointError, DamagedCheckpoint, load_failure
 
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
 
@@ -148,3 +151,65 @@ def test_a_load_failure_is_one_sentence_that_keeps_its_type_and_drops_the_unsafe
     unpickling = RuntimeError("Weights only load failed. Re-running with weights_only=False "
                               "may run arbitrary code.\nUnsupported global: GLOBAL os.system")
     assert load_failure(unpickling) == "RuntimeError: Unsupported global: GLOBAL os.system"
+
+
+# ---- the seal (sealed.py) as load_checkpoint reads it --------------------------------------
+
+def test_a_checkpoint_names_sha256_as_its_seal(tmp_path):
+    save_checkpoint(tmp_path / "last.pt", payload(), "9.9")
+    assert load_checkpoint(tmp_path / "last.pt")[SEALED_KEY] == "sha256"
+
+
+def test_a_flipped_byte_in_the_body_is_a_checksum_mismatch_in_one_line(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, payload(), "9.9")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedCheckpoint) as caught:
+        load_checkpoint(path)
+    assert str(caught.value) == f"{path} is damaged: its checksum does not match its contents"
+
+
+def test_a_sealed_checkpoint_that_lost_its_trailer_is_damaged(tmp_path):
+    """The payload says it was sealed, but the digest at the end of the file is gone."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, payload(), "9.9")
+    body, was_sealed = sealed.unseal(path.read_bytes())
+    assert was_sealed
+    path.write_bytes(body)
+    with pytest.raises(DamagedCheckpoint) as caught:
+        load_checkpoint(path)
+    assert str(caught.value) == (f"{path} is damaged: its checksum at the end of the file is "
+                                 "unreadable")
+
+
+def test_a_checkpoint_loads_where_it_is_asked_to(tmp_path):
+    save_checkpoint(tmp_path / "last.pt", payload(), "9.9")
+    loaded = load_checkpoint(tmp_path / "last.pt", map_location="meta")
+    assert loaded["model"]["w"].device.type == "meta"
+
+
+def test_a_checkpoint_holding_code_objects_is_refused_not_run(tmp_path):
+    """weights_only: a pickled global that is not a tensor or plain data is never loaded."""
+    path = tmp_path / "last.pt"
+    with path.open("wb") as file:
+        sealed.save({**payload(), "format": FORMAT, "format_version": FORMAT_VERSION,
+                     "when": datetime.date(2026, 11, 29)}, file)
+    with pytest.raises(DamagedCheckpoint, match=r"not a loadable vaelab checkpoint \(.*"
+                                                r"datetime"):
+        load_checkpoint(path)
+
+
+def test_weights_only_is_asked_for_explicitly(tmp_path, monkeypatch):
+    """Not left to torch's default, which was False before torch 2.6 (pyproject allows 2.4)."""
+    save_checkpoint(tmp_path / "last.pt", payload(), "9.9")
+    real, asked = torch.load, []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    load_checkpoint(tmp_path / "last.pt")
+    assert asked == [True]
