@@ -76,7 +76,9 @@ def test_the_file_is_named_by_the_keys_first_24_characters(cache_in):
     assert cache.path("0123456789abcdef" * 4) == cache_in / "images-0123456789abcdef01234567.pt"
 
 
-def test_what_is_written_is_read_back_for_its_key_only(cache_in):
+def test_what_is_written_is_read_back_for_its_key_only(tmp_path, monkeypatch):
+    cache_in = tmp_path / "not" / "yet" / "there"  # made, parents and all
+    monkeypatch.setenv(cache.CACHE_ENV, str(cache_in))
     cache.write("a" * 64, IMAGES)
     assert torch.equal(cache.read("a" * 64), IMAGES) and cache.read("a" * 64).dtype == torch.uint8
     assert cache.read("b" * 64) is None  # no file
@@ -85,8 +87,10 @@ def test_what_is_written_is_read_back_for_its_key_only(cache_in):
 
 
 @pytest.mark.parametrize("saved, why", [
-    ({"format": "something-else", "key": "k" * 64, "images": IMAGES}, "does not match"),
-    ({"format": cache.FORMAT, "key": "k" * 64, "images": IMAGES.float()}, "does not match"),
+    ({"format": "something-else", "key": "k" * 64, "images": IMAGES},
+     "(ValueError: it does not match this folder and version)"),
+    ({"format": cache.FORMAT, "key": "k" * 64, "images": IMAGES.float()},
+     "(ValueError: it does not match this folder and version)"),
     ({"format": cache.FORMAT, "key": "k" * 64}, "KeyError"),
 ])
 def test_a_foreign_or_odd_cache_file_is_not_used(cache_in, caplog, saved, why):
@@ -104,7 +108,7 @@ def test_an_unsealed_or_damaged_cache_file_is_not_used_and_says_why(cache_in, ca
     torch.save({"format": cache.FORMAT, "key": "k" * 64, "images": IMAGES}, file)
     with caplog.at_level(logging.INFO, logger="vaelab.cache"):
         assert cache.read("k" * 64) is None
-    assert "carries no checksum" in caplog.text
+    assert "is unusable (ValueError: it carries no checksum)" in caplog.text
     caplog.clear()
     cache.write("k" * 64, IMAGES)
     data = bytearray(file.read_bytes())
