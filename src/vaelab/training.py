@@ -239,14 +239,14 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
         for epoch in range(state.epoch + 1, config.epochs + 1):
             steps_before, skipped_before = state.step, state.skipped
             result = _train_epoch(state, train_images, train_labels, epoch, show, stop)
-            _refuse_an_epoch_of_skips(state, epoch, state.step - steps_before,
-                                      state.skipped - skipped_before)
             if result is None:  # stopped mid-epoch: state.partial says where
                 distributed.summed(state.partial.totals)
                 if distributed.is_writer():
                     save_checkpoint(run_dir / LAST, state.checkpoint(), __version__)
                 distributed.barrier()  # no rank exits (and gets its group killed) before the save
                 raise _interrupted(stop.signum, run_dir, epoch, state.partial.next_batch)
+            _refuse_an_epoch_of_skips(state, epoch, state.step - steps_before,
+                                      state.skipped - skipped_before)
             train_totals, started = result
             distributed.summed(train_totals)
             train_seconds = time.perf_counter() - started
@@ -271,8 +271,9 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
 
 def _refuse_an_epoch_of_skips(state: TrainingState, epoch: int, steps: int,
                               skipped: int) -> None:
-    """A skip threshold below the gradient norms of every step would leave the model as it
-    started while the run looked busy: stop, keeping the last good checkpoint."""
+    """A skip threshold below the gradient norms of every step of a finished epoch would leave
+    the model as it started while the run looked busy: stop, keeping the last good checkpoint
+    (an epoch stopped by a signal is saved and resumed as usual)."""
     if steps and skipped == steps:
         kept = f"last.pt and best.pt keep epoch {state.epoch}" if state.epoch else \
             "nothing was saved"
