@@ -108,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
     explore.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     explore.set_defaults(handler=run_explore)
+    scores = commands.add_parser(
+        "disentanglement", help="score a run's units against its data's factors (dSprites): "
+        "BetaVAE, FactorVAE, MIG, SAP, DCI -> RUN/disentanglement.json",
+        description="The five scores of disentanglement_lib with its protocols (sample sizes "
+                    "below), each repeated on fresh draws; needs data with `factors` and "
+                    "scikit-learn (vaelab[disentanglement]).")
+    _add_run_arguments(scores, out_help="folder for the mutual-information PNG (default "
+                                        "RUN/figures)")
+    scores.add_argument("--share", type=float, default=1.0,
+                        help="every sample size times this (default: 1, disentanglement_lib's; "
+                             "0.1 for a quick look)")
+    scores.add_argument("--repeats", type=int, default=3,
+                        help="fresh draws of each score, for its spread (default: 3)")
+    scores.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    scores.set_defaults(handler=run_disentanglement)
     report = commands.add_parser("report", help="write RUN/report.html with every figure")
     _add_run_arguments(report, out_help="folder for the figures (default RUN/figures)")
     report.set_defaults(handler=run_report)
@@ -201,6 +216,16 @@ def add_figure_commands(commands) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     p.add_argument("--label", metavar="CLASS", help="conditional runs: the class to draw")
 
+    p = command("traverse", "latent traversals: each unit moved across the prior with the "
+                "others held, units sorted by KL; and each unit's KL as bars",
+                lambda f, run, val, a: list(f.figure_traversals(run, val, a.n, a.steps,
+                                                                a.limit)),
+                ["traversal", "unit_kl"])
+    p.add_argument("--n", type=int, default=3, help="validation images (default: 3)")
+    p.add_argument("--steps", type=int, default=9, help="values per unit (default: 9)")
+    p.add_argument("--limit", type=float, default=3.0,
+                   help="each unit goes from -L to L prior sds (default: 3)")
+
     command("curves", "training curves from metrics.csv",
             lambda f, run, val, a: [f.figure_curves(run)], ["curves"])
 
@@ -284,6 +309,30 @@ def run_explore(args: argparse.Namespace) -> int:
     app = launch(explorer, args.host, args.port, block=False)
     print(f"serving {run.path} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     serve_until_interrupted(app)
+    return 0
+
+
+def run_disentanglement(args: argparse.Namespace) -> int:
+    from . import plots
+    from .disentanglement import Protocol
+    from .figures import figure_mutual_information
+    from .units import write_scores
+
+    if not 0 < args.share <= 10 or args.repeats < 1:
+        raise VaelabError(f"--share {args.share} / --repeats {args.repeats}: the share must be "
+                          "in (0, 10] and the repeats at least 1")
+    protocol = dataclasses.replace(Protocol().scaled(args.share), repeats=args.repeats)
+    result, path = write_scores(args.run, protocol, args.seed, args.checkpoint, args.device,
+                                args.data)
+    print(f"{result['summary']}, {result['checkpoint']}.pt (epoch {result['epoch']}); "
+          f"{result['images']} images, factors {', '.join(result['factors'])}")
+    print(f"{'score':34}  {'mean':>7}  {'sd':>6}  (over {args.repeats} draws)")
+    for metric, values in result["scores"].items():
+        for name, value in values.items():
+            print(f"{metric + ' ' + name:34}  {value['mean']:7.3f}  {value['sd']:6.3f}")
+    folder = Path(args.out) if args.out else Path(args.run) / "figures"
+    print(plots.save(figure_mutual_information(result), folder / "mutual_information.png"))
+    print(f"written to {path}")
     return 0
 
 

@@ -59,17 +59,23 @@ class Config:
     val_fraction: float = setting(
         0.1, "share of each class held out for validation, chosen with --seed, when the data "
         "bring no val/ (or test/) split; 10% keeps most images for training")
-    model: Literal["vae", "hvae"] = setting(
-        "vae", "the model family: vae, the reference's single-level VAE; hvae, a top-down "
-        "hierarchy of latent groups at several resolutions (models/)")
-    arch: Literal["conv", "resnet"] = setting(
+    model: Literal["vae", "hvae", "beta-tcvae", "factorvae", "capacity"] = setting(
+        "vae", "the model family: vae, the reference's single-level VAE (with --beta, the "
+        "beta-VAE); hvae, a top-down hierarchy of latent groups at several resolutions; "
+        "beta-tcvae, factorvae, capacity: disentangling VAEs that penalize the total "
+        "correlation or hold the KL to a rising capacity (models/)")
+    arch: Literal["conv", "resnet", "locatello"] = setting(
         "conv", "conv: the reference's network (other sizes get one stride-2 stage per halving); "
-        "resnet: a wider residual network, for colour images")
+        "resnet: a wider residual network, for colour images; locatello: the disentanglement "
+        "literature's (4 convs of 32-64 channels, dense 256), whose scores compare")
     conditional: bool = setting(
         False, "a conditional VAE: the label enters the encoder q(z|x, y) and the decoder "
         "p(x|z, y), so samples can be asked for by class (needs labelled data)")
     classes: int | None = setting(
         None, "number of classes, recorded from the data for conditional runs", flag=False)
+    train_images: int | None = setting(
+        None, "number of training images, recorded from the data (beta-tcvae's estimate of "
+        "the aggregate posterior needs it)", flag=False)
     height: int | None = setting(None, "image height, recorded from the data", flag=False)
     width: int | None = setting(None, "image width, recorded from the data", flag=False)
     likelihood: Literal["bernoulli", "logistic", "logistic-mixture"] = setting(
@@ -115,6 +121,26 @@ class Config:
     hvae_groups: int = setting(
         2, "hvae: latent groups at each resolution, from the image's half size down to 7x7 or "
         "4x4 (28x28: 14 and 7, so 4 groups at the default)")
+    tcvae_alpha: float = setting(
+        1.0, "beta-tcvae: weight on the index-code mutual information; 1, as Chen et al.")
+    tcvae_beta: float = setting(
+        6.0, "beta-tcvae: weight on the total correlation; 6, within the 1-10 that Chen et al. "
+        "and Locatello et al. swept on dSprites")
+    tcvae_gamma: float = setting(
+        1.0, "beta-tcvae: weight on the dimension-wise KL; 1, as Chen et al.")
+    factorvae_gamma: float = setting(
+        35.0, "factorvae: weight on the discriminator's total correlation estimate; 35, "
+        "within the 10-100 that Kim & Mnih and Locatello et al. swept on dSprites")
+    factorvae_hidden: int = setting(
+        1000, "factorvae: units in each of the discriminator's 6 layers; 1000, as Kim & Mnih")
+    capacity_max: float = setting(
+        25.0, "capacity: the KL's target at the end of its rise, nats; 25, Burgess et al.'s "
+        "for dSprites")
+    capacity_steps: int = setting(
+        100_000, "capacity: optimizer steps over which the target rises linearly from 0; "
+        "100,000, Burgess et al.'s")
+    capacity_gamma: float = setting(
+        1000.0, "capacity: weight on |KL - target|; 1000, Burgess et al.'s")
     grad_skip: float | None = setting(
         None, "skip an update whose gradient norm (of the per-image loss) exceeds this, as "
         "VDVAE does; unset = never. An epoch whose every update is skipped stops the run")
@@ -238,24 +264,32 @@ def check_shape(shape: tuple[int, int, int], network: str,
     return count
 
 
-# The options only one family takes (the rest of Config applies to every family): setting
+# The options only some families take (the rest of Config applies to every family): setting
 # one for another family is refused rather than silently ignored.
-FAMILY_OPTIONS = {"vae": ("latent_dim", "arch", "iw_train"),
-                  "hvae": ("hvae_channels", "hvae_latent_channels", "hvae_groups")}
+SINGLE_LEVEL = ("vae", "beta-tcvae", "factorvae", "capacity")  # one Gaussian z, vae.py's nets
+FAMILY_OPTIONS = {"vae": ("iw_train",),
+                  SINGLE_LEVEL: ("latent_dim", "arch"),
+                  "hvae": ("hvae_channels", "hvae_latent_channels", "hvae_groups"),
+                  "beta-tcvae": ("tcvae_alpha", "tcvae_beta", "tcvae_gamma"),
+                  "factorvae": ("factorvae_gamma", "factorvae_hidden"),
+                  "capacity": ("capacity_max", "capacity_steps", "capacity_gamma")}
 
 
 def _check_family_options(c: Config) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    for family, names in FAMILY_OPTIONS.items():
+    for families, names in FAMILY_OPTIONS.items():
+        families = (families,) if isinstance(families, str) else families
         for name in names:
-            if family != c.model and getattr(c, name) != defaults[name]:
-                _fail(name, getattr(c, name), f"an option of --model {family}, and this run is "
-                      f"--model {c.model}: drop it, or choose --model {family}")
+            if c.model not in families and getattr(c, name) != defaults[name]:
+                _fail(name, getattr(c, name), f"an option of --model {' or '.join(families)}, "
+                      f"and this run is --model {c.model}: drop it, or choose --model "
+                      f"{families[0]}")
 
 
 def network_of(config: Config) -> str:
     """How a one-line error names the network a config builds."""
-    return f"--arch {config.arch}" if config.model == "vae" else f"--model {config.model}"
+    return f"--arch {config.arch}" if config.model in SINGLE_LEVEL else \
+        f"--model {config.model}"
 
 
 def flag_name(field_name: str) -> str:
@@ -307,10 +341,16 @@ def _check_values(c: Config) -> None:
     if c.kl_warmup < 0:
         _fail("kl_warmup", c.kl_warmup, "must be >= 0 epochs")
     for name in ("latent_dim", "batch_size", "epochs", "iw_train", "mixture_components",
-                 "hvae_channels", "hvae_latent_channels", "hvae_groups"):
+                 "hvae_channels", "hvae_latent_channels", "hvae_groups", "factorvae_hidden",
+                 "capacity_steps"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "must be at least 1")
-    for name in ("limit_train", "limit_val", "image_size", "height", "width", "classes"):
+    for name in ("tcvae_alpha", "tcvae_beta", "tcvae_gamma", "factorvae_gamma", "capacity_max",
+                 "capacity_gamma"):
+        if not (math.isfinite(getattr(c, name)) and getattr(c, name) >= 0):
+            _fail(name, getattr(c, name), "must be a finite number >= 0")
+    for name in ("limit_train", "limit_val", "image_size", "height", "width", "classes",
+                 "train_images"):
         value = getattr(c, name)
         if value is not None and value < 1:
             _fail(name, value, "must be at least 1, or unset for all images")

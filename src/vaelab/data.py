@@ -20,18 +20,20 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Split:
     """A set of images, with labels if the data have them. images: (N, C, H, W) uint8;
-    labels: (N,) int64 indices into `classes` (their names), or None for unlabelled data."""
+    labels: (N,) int64 indices into `classes` (their names), or None for unlabelled data;
+    factor_names: the factors of variation the data file gives (own_data.read_factors)."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
     classes: tuple[str, ...] = ()
+    factor_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def head(self, limit: int | None) -> Split:
         labels = self.labels[:limit] if self.labels is not None else None
-        return Split(self.images[:limit], labels, self.classes)
+        return Split(self.images[:limit], labels, self.classes, self.factor_names)
 
     def sample(self, limit: int | None, seed: int) -> Split:
         """`limit` images chosen with `seed`, kept in their order (a folder's are sorted by
@@ -41,7 +43,7 @@ class Split:
         chosen = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         index = chosen[:limit].sort().values
         return Split(self.images[index], self.labels[index] if self.labels is not None else None,
-                     self.classes)
+                     self.classes, self.factor_names)
 
 
 def limited(config: Config, split: Split, limit: int | None) -> Split:
@@ -84,10 +86,13 @@ def load_data(config: Config) -> tuple[Split, Split]:
     """Training and validation Splits. The IDX sets: the reference's split, the 60,000 training
     images and the 10,000 test images as validation. --data: own_data.load_image_data."""
     if config.data is not None:
-        from .own_data import load_image_data
+        from .own_data import load_image_data, read_factors
 
         images, labels, classes, is_val = load_image_data(config)
-        train, val = (Split(images[part], labels[part] if labels is not None else None, classes)
+        factors = read_factors(config.data, len(images))
+        names = factors[1] if factors is not None else ()
+        train, val = (Split(images[part], labels[part] if labels is not None else None, classes,
+                            names)
                       for part in (torch.nonzero(~is_val)[:, 0], torch.nonzero(is_val)[:, 0]))
     else:
         train, val = (_resized(config, load_split(config.dataset, split, config.data_dir))
@@ -125,10 +130,12 @@ def run_split(config: Config, split: str, data_dir: str | os.PathLike | None = N
 
 
 def with_data_shape(config: Config, split: Split) -> Config:
-    """The config with the images' channels, height and width recorded, as the run saves it,
-    and for a conditional run the number of classes its labels take."""
+    """The config with the images' channels, height and width and the number of training
+    images (`split` is the training split) recorded, as the run saves it, and for a
+    conditional run the number of classes its labels take."""
     channels, height, width = split.images.shape[1:]
-    config = config.replace(channels=channels, height=height, width=width)
+    config = config.replace(channels=channels, height=height, width=width,
+                            train_images=len(split))
     if not config.conditional:
         return config
     if split.labels is None:

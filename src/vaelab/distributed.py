@@ -192,6 +192,43 @@ def rank_mean(values: torch.Tensor, count: int) -> torch.Tensor:
     return values.sum() * (dist.get_world_size() / count)
 
 
+class _GlobalBatch(torch.autograd.Function):
+    """Every rank's part of a batch, concatenated in rank order; backward sums the gradient
+    of the whole over the ranks and hands each rank its part's rows (all_reduce, which every
+    backend has, where all_gather's own backward needs reduce_scatter or all_to_all)."""
+
+    @staticmethod
+    def forward(ctx, part: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+        padded = part.new_zeros((max(sizes), *part.shape[1:]))
+        padded[:len(part)] = part
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([whole[:size] for whole, size in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        start = sum(ctx.sizes[:ctx.rank])
+        return total[start:start + ctx.sizes[ctx.rank]], None
+
+
+def global_batch(part: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """This rank's rows of a batch (share) -> the whole batch and where this rank's rows
+    start in it, with gradients flowing back to each rank's rows: for objectives that compare
+    the images of a batch (beta-TCVAE's aggregate posterior, FactorVAE's permutations), so
+    that a data-parallel run computes what one process does. Every rank must call it. Alone:
+    the rows themselves, at 0."""
+    if not active():
+        return part, 0
+    size = torch.tensor([len(part)], device=_collective_device())
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    counts = [int(count) for count in sizes]
+    return _GlobalBatch.apply(part, counts), sum(counts[:dist.get_rank()])
+
+
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The sum over ranks (a copy); the tensor itself when alone. Gloo reduces CPU tensors,
     NCCL CUDA ones: the tensor stays where it is."""

@@ -8,7 +8,7 @@ import logging
 import torch
 from matplotlib.figure import Figure
 
-from . import generate, plots
+from . import generate, plots, units
 from .data import Split, to_float
 from .errors import VaelabError
 from .runs import Run
@@ -176,6 +176,28 @@ def figure_temperatures(run: Run, columns: int = 8, seed: int = 0,
     return plots.temperatures(images, temperatures, ink(run))
 
 
+def figure_traversals(run: Run, val: Split, n: int = 3, steps: int = 9, limit: float = 3.0
+                      ) -> tuple[Figure, Figure]:
+    """The traversals of `n` validation images (spread through the set), units sorted by
+    their validation KL; and the KL of every unit as bars."""
+    _at_least("--n", n, 1)
+    _at_least("--steps", steps, 2)
+    _at_least("--limit", limit, 1e-3)
+    kl = units.unit_kl(run, val.images, val.labels).tolist()
+    order = sorted(range(len(kl)), key=lambda u: -kl[u])
+    chosen = torch.linspace(0, len(val) - 1, min(n, len(val))).round().long()
+    values = torch.linspace(-limit, limit, steps)
+    pictures = units.traversals(run, val.images[chosen], order, values, _labels(val, chosen))
+    return (plots.traversals(pictures, order, [kl[u] for u in order], values, ink(run)),
+            plots.unit_kl(kl))
+
+
+def figure_mutual_information(scores: dict) -> Figure:
+    """From RUN/disentanglement.json: the units x factors mutual information."""
+    return plots.mutual_information(scores["mutual_information"], scores["factor_entropy"],
+                                    scores["factors"], scores["unit_kl"])
+
+
 def figure_curves(run: Run) -> Figure:
     if not run.metrics:
         raise VaelabError(f"{run.path} has no metrics.csv rows to plot")
@@ -198,4 +220,9 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
     if len(run.model.group_sizes) > 1:  # a hierarchy: its temperatures and its levels
         figures["temperatures"] = figure_temperatures(run, seed=run.config.seed)
         figures["levels"] = figure_levels(run, seed=run.config.seed)
+    if run.model.supports_exact:  # one Gaussian z: what each of its units holds
+        figures["traversal"], figures["unit_kl"] = figure_traversals(run, val)
+    scores = units.read_scores(run.path)
+    if scores is not None:
+        figures["mutual_information"] = figure_mutual_information(scores)
     return figures

@@ -8,7 +8,9 @@ Arrays: an .npy holds images (N, H, W) or (N, H, W, C), uint8, unlabelled. An .n
 `images` (and optionally `labels`, and `classes`, their names), or Keras's `x_train`, `y_train`,
 `x_test`, `y_test`, whose split is used as given. An .npz whose only array besides `labels` and
 `classes` has another name (`pics`, `arr_0` from numpy.savez(file, array)) is read as the
-images.
+images. An .npz with `images` may also hold the images' factors of variation (dSprites'
+shape, scale, ...): `factors` (N, F) integers, each factor's value as an index, and
+`factor_names` (F,); the disentanglement metrics read them (read_factors).
 """
 
 from __future__ import annotations
@@ -136,9 +138,12 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, torch.Tensor | None, tuple[str
             labels = None if parts[0][1] is None else np.concatenate(
                 [np.ravel(parts[0][1]), np.ravel(parts[1][1])])
             given = torch.arange(len(images)) >= len(parts[0][0])
-        elif "images" in names or len(names - {"labels", "classes"}) == 1:
-            key = "images" if "images" in names else next(iter(names - {"labels", "classes"}))
+        elif "images" in names or len(names - {"labels", "classes", *FACTOR_KEYS}) == 1:
+            key = "images" if "images" in names else next(iter(names - {"labels", "classes",
+                                                                   *FACTOR_KEYS}))
             images, given = _check_images(loaded[key], path, key), None
+            if "factors" in names:  # checked with the images: a bad array fails at once
+                _check_factors(loaded, len(images), path)
             labels = loaded["labels"] if "labels" in names else None
         else:
             raise DataError(f"{path}: holds {', '.join(sorted(names))} but no `images`; vaelab "
@@ -155,12 +160,50 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, torch.Tensor | None, tuple[str
     return images, labels, tuple(classes), given
 
 
-def _class_names(loaded, path: Path) -> list[str]:
+FACTOR_KEYS = ("factors", "factor_names", "factor_values")
+
+
+def read_factors(path: str | Path, count: int) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """The factors of variation of an .npz's `count` images: indices (N, F) int64 and the
+    factors' names, or None for data without them (any other source)."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as loaded:
+        if "factors" not in loaded.files:
+            return None
+        return _check_factors(loaded, count, path)
+
+
+def _check_factors(loaded, count: int, path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    factors = loaded["factors"]
+    if factors.ndim != 2 or not np.issubdtype(factors.dtype, np.integer) or \
+            (len(factors) and factors.min() < 0):
+        raise DataError(f"{path}: factors have shape {factors.shape} and dtype {factors.dtype}; "
+                        "expected (N, F) integers >= 0, each factor's value as an index "
+                        "(bin continuous factors first)")
+    if len(factors) != count:
+        raise DataError(f"{path}: {count} images but {len(factors)} rows of factors; there must "
+                        "be one row per image")
+    if "factor_names" in loaded.files:
+        names = tuple(str(name) for name in _strings(loaded, "factor_names", path))
+    else:
+        names = tuple(f"factor {k}" for k in range(factors.shape[1]))
+    if len(names) != factors.shape[1]:
+        raise DataError(f"{path}: {factors.shape[1]} factors but {len(names)} factor_names")
+    return factors.astype(np.int64), names
+
+
+def _strings(loaded, key: str, path: Path) -> np.ndarray:
     try:
-        return [str(name) for name in loaded["classes"]]
+        return loaded[key]
     except ValueError:  # an object array: loading it would need pickle, which is refused
-        raise DataError(f"{path}: `classes` is an object array; save the names as strings, "
+        raise DataError(f"{path}: `{key}` is an object array; save the names as strings, "
                         "numpy.array(names, dtype=str)") from None
+
+
+def _class_names(loaded, path: Path) -> list[str]:
+    return [str(name) for name in _strings(loaded, "classes", path)]
 
 
 def _check_images(array: np.ndarray, path: Path, name: str) -> np.ndarray:

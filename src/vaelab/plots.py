@@ -209,16 +209,27 @@ def group_terms(row: dict[str, float]) -> list[str]:
                   key=lambda name: int(name.rsplit("_", 1)[1]))
 
 
+def family_terms(row: dict[str, float]) -> list[str]:
+    """The terms a family names beyond the ELBO's ("mi", "tc", "capacity", ...)."""
+    shared = {"loss", "recon", "kl", "batch_loss"}
+    return [key[len("val_"):] for key in row if key.startswith("val_")
+            and key[len("val_"):] not in shared and not key.startswith("val_kl_")]
+
+
 def curves(metrics: list[dict[str, float]]) -> Figure:
-    """Train and validation loss, reconstruction and KL (nats per image) per epoch, and for a
-    hierarchy each latent group's validation KL."""
-    groups = group_terms(metrics[0])
-    panels = 3 + bool(groups)
+    """Train and validation loss, reconstruction and KL (nats per image) per epoch; for a
+    hierarchy each latent group's validation KL; and any other term the model names."""
+    groups, others = group_terms(metrics[0]), family_terms(metrics[0])
+    panels = 3 + bool(groups) + bool(others)
     figure = Figure(figsize=(4 * panels, 3.6), dpi=DPI, layout="constrained")
     epochs = [row["epoch"] for row in metrics]
     axes_row = figure.subplots(1, panels)
     if groups:
-        _group_curves(axes_row[3], epochs, metrics, groups)
+        _group_curves(axes_row[3], epochs, metrics, groups, "validation KL per latent group "
+                      "(top = 1)", lambda name: f"group {name.rsplit('_', 1)[1]}")
+    if others:
+        _group_curves(axes_row[-1], epochs, metrics, others, "the model's own terms "
+                      "(validation)", str)
     for axes, part, name in zip(axes_row, ("loss", "recon", "kl"),
                                 ("negative ELBO", "reconstruction", "KL")):
         for split, style in (("train", "o-"), ("val", "s--")):
@@ -233,14 +244,67 @@ def curves(metrics: list[dict[str, float]]) -> Figure:
 
 
 def _group_curves(axes, epochs: list[int], metrics: list[dict[str, float]],
-                  groups: list[str]) -> None:
-    for group in groups:
-        axes.plot(epochs, [row[f"val_{group}"] for row in metrics], "s--", markersize=4,
-                  label=f"group {group.rsplit('_', 1)[1]}")
-    axes.set_title("validation KL per latent group (top = 1)")
+                  names: list[str], title: str, label) -> None:
+    for name in names:
+        axes.plot(epochs, [row[f"val_{name}"] for row in metrics], "s--", markersize=4,
+                  label=label(name))
+    axes.set_title(title)
     axes.set_xlabel("epoch")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
+
+
+def traversals(pictures: torch.Tensor, units: list[int], kl: list[float],
+               values: torch.Tensor, ink: bool = True) -> Figure:
+    """(images, units, values, C, H, W) -> one block of columns per image, side by side: row
+    u moves unit u across `values` with the image's other units held."""
+    count, rows, steps = pictures.shape[:3]
+    gap = torch.full((rows, 1, *pictures.shape[3:]), math.nan)
+    blocks = [torch.cat([pictures[i], gap], 1) for i in range(count)]
+    tiles = torch.cat(blocks, 1)[:, :-1].flatten(0, 1)
+    columns = ([f"{v:+.1f}" for v in values.tolist()] + [""]) * count
+    return image_grid(tiles, (steps + 1) * count - 1,
+                      f"Latent traversals: each row sets one unit from {values[0]:+g} to "
+                      f"{values[-1]:+g} (the prior's sd), the others held at the image's "
+                      "posterior mean; units by KL", ink,
+                      row_names=[f"z{u} {k:.2f}" for u, k in zip(units, kl)],
+                      column_names=columns[:-1])
+
+
+def unit_kl(kl: list[float]) -> Figure:
+    """Each unit's KL (nats), largest first: the active units stand out."""
+    order = sorted(range(len(kl)), key=lambda u: -kl[u])
+    figure = Figure(figsize=(max(4.0, 0.35 * len(kl) + 1.5), 3.4), dpi=DPI,
+                    layout="constrained")
+    axes = figure.add_subplot()
+    axes.bar(range(len(kl)), [kl[u] for u in order], color="tab:blue")
+    axes.set_xticks(range(len(kl)), [f"z{u}" for u in order], fontsize=7,
+                    rotation=90 if len(kl) > 16 else 0)
+    axes.set_ylabel("KL(q(z_d|x) || N(0, 1)), nats")
+    axes.set_title("Validation KL of each latent unit, largest first")
+    axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def mutual_information(information: list[list[float]], entropy: list[float],
+                       factors: list[str], kl: list[float]) -> Figure:
+    """Units x factors: each unit's mutual information with each factor over the factor's
+    entropy (MIG's table), units by KL."""
+    order = sorted(range(len(kl)), key=lambda u: -kl[u])
+    shares = torch.tensor(information)[order] / torch.tensor(entropy).clamp_min(1e-12)
+    figure = Figure(figsize=(1.1 * len(factors) + 2.5, 0.32 * len(kl) + 1.6), dpi=DPI,
+                    layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(shares.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for (row, col), share in zip(((r, c) for r in range(len(order)) for c in range(len(factors))),
+                                 shares.flatten().tolist()):
+        axes.text(col, row, f"{share:.2f}", ha="center", va="center", fontsize=7,
+                  color="white" if share < 0.6 else "black")
+    axes.set_xticks(range(len(factors)), factors, fontsize=8)
+    axes.set_yticks(range(len(order)), [f"z{u}" for u in order], fontsize=7)
+    axes.set_title("I(unit; factor) / H(factor): what MIG reads", fontsize=9)
+    figure.colorbar(image, ax=axes)
+    return figure
 
 
 def save(figure: Figure, path: str | os.PathLike) -> Path:

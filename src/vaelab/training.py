@@ -190,9 +190,14 @@ def _resumed_config(payload: dict[str, Any], run_dir: Path, changes: dict[str, A
 
 
 def data_summary(train: Split, val: Split) -> dict[str, Any]:
-    """What a checkpoint records of its data, so that a resume on changed data is refused."""
-    return {"train": len(train), "val": len(val), "shape": list(train.images.shape[1:]),
-            "classes": list(train.classes)}
+    """What a checkpoint records of its data, so that a resume on changed data is refused,
+    and the data's factors of variation, if it has any (what the disentanglement metrics
+    need)."""
+    summary = {"train": len(train), "val": len(val), "shape": list(train.images.shape[1:]),
+               "classes": list(train.classes)}
+    if train.factor_names:  # only then: older runs' summaries stay equal to new ones
+        summary["factors"] = list(train.factor_names)
+    return summary
 
 
 def _check_same_data(payload: dict[str, Any], train: Split, val: Split) -> None:

@@ -2,6 +2,9 @@
 
     vae    the single-level VAE (vae.py), the reference notebook's model and its options
     hvae   a top-down hierarchical VAE (hvae.py): groups of latents at several resolutions
+    beta-tcvae, factorvae, capacity
+           disentangling VAEs (disentangling.py): the vae's model, objectives that push its
+           units towards independent factors
 
 `--model NAME` chooses one; config.json records it, so `load_run` rebuilds the model from the
 run folder alone. Adding a family: its module here, its name below, its options as Config
@@ -21,7 +24,10 @@ if TYPE_CHECKING:
     from ..config import Config
 
 # name -> (module, class): imported only when a run of that family is built
-FAMILIES = {"vae": ("vae", "VAE"), "hvae": ("hvae", "HVAE")}
+FAMILIES = {"vae": ("vae", "VAE"), "hvae": ("hvae", "HVAE"),
+            "beta-tcvae": ("disentangling", "BetaTCVAE"),
+            "factorvae": ("disentangling", "FactorVAE"),
+            "capacity": ("disentangling", "CapacityVAE")}
 
 __all__ = ["FAMILIES", "Objective", "build_model", "count_parameters", "family_class"]
 

@@ -10,7 +10,13 @@ For 1x28x28 images the default ("conv") is the reference notebook's network exac
 
 Other sizes get the same pattern with one stride-2 stage per halving (widths 32, 64, 128, 256)
 while each side stays even and at least 4 (28 -> 14 -> 7: two stages; 64 -> ... -> 4: four).
-"resnet" is a wider residual network on the same stages, for colour images.
+"resnet" is a wider residual network on the same stages, for colour images. "locatello" is the
+network of the disentanglement literature (disentanglement_lib's conv_encoder and
+deconv_decoder, Locatello et al. 2019, after Burgess et al. 2018), so that its scores compare:
+
+    Encoder  1x64x64 -4 x [Conv(4,s2)+ReLU], widths 32, 32, 64, 64-> 64x4x4 -Linear+ReLU-> 256
+             -> Linear(256, D) = mu,  Linear(256, D) = log sigma^2
+    Decoder  D -Linear+ReLU-> 256 -Linear+ReLU-> 64x4x4 -ConvT(4,s2) x 4, widths 64, 32, 32, C
 
 A conditional VAE (Sohn et al. 2015) takes the label y as a one-hot vector in both halves
 (q(z|x, y), p(x|z, y)); the prior stays N(0, I). The encoder sees y twice: as one constant input
@@ -31,7 +37,7 @@ from torch import nn
 from ..config import check_shape
 
 REFERENCE_SHAPE = (1, 28, 28)
-ARCHS = ("conv", "resnet")
+ARCHS = ("conv", "resnet", "locatello")
 
 
 def _widths(count: int, first: int, most: int = 256) -> list[int]:
@@ -181,3 +187,57 @@ class ResNetDecoder(nn.Module):
         self.film = class_films(modulated, classes)
 
     forward = Decoder.forward
+
+
+LOCATELLO_WIDTHS = (32, 32, 64, 64)  # one per halving, up to four (64x64 -> 4x4)
+LOCATELLO_HIDDEN = 256
+
+
+class LocatelloEncoder(nn.Module):
+    """The disentanglement literature's encoder (see the module's docstring); a label enters
+    as the conv encoder's does (class planes, and appended before the dense layers)."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], classes: int = 0):
+        super().__init__()
+        count = min(check_shape(shape, "--arch locatello"), len(LOCATELLO_WIDTHS))
+        layers: list[nn.Module] = []
+        channels = shape[0] + classes
+        for width in LOCATELLO_WIDTHS[:count]:
+            layers += [nn.Conv2d(channels, width, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+            channels = width
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        flat = channels * (shape[1] >> count) * (shape[2] >> count) + classes
+        self.dense = nn.Sequential(nn.Linear(flat, LOCATELLO_HIDDEN), nn.ReLU())
+        self.mu = nn.Linear(LOCATELLO_HIDDEN, latent_dim)
+        self.logvar = nn.Linear(LOCATELLO_HIDDEN, latent_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if y is None:
+            h = self.features(x)
+        else:
+            planes = y.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            h = torch.cat([self.features(torch.cat([x, planes], 1)), y.to(x.dtype)], 1)
+        h = self.dense(h)
+        return self.mu(h), self.logvar(h)
+
+
+class LocatelloDecoder(nn.Module):
+    """The disentanglement literature's decoder; a label is appended to z."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], outputs: int,
+                 classes: int = 0):
+        super().__init__()
+        count = min(check_shape(shape, "--arch locatello"), len(LOCATELLO_WIDTHS))
+        widths = LOCATELLO_WIDTHS[:count]
+        hidden = (widths[-1], shape[1] >> count, shape[2] >> count)
+        layers: list[nn.Module] = [
+            nn.Linear(latent_dim + classes, LOCATELLO_HIDDEN), nn.ReLU(),
+            nn.Linear(LOCATELLO_HIDDEN, hidden[0] * hidden[1] * hidden[2]), nn.ReLU(),
+            nn.Unflatten(1, hidden)]
+        for wide, narrow in zip(widths[::-1], (*widths[-2::-1], outputs)):
+            layers += [nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1), nn.ReLU()]
+        self.net = nn.Sequential(*layers[:-1])  # no ReLU on the likelihood's parameters
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(z if y is None else torch.cat([z, y.to(z.dtype)], 1))

@@ -27,6 +27,8 @@ from .networks import (
     REFERENCE_SHAPE,
     Decoder,
     Encoder,
+    LocatelloDecoder,
+    LocatelloEncoder,
     ResNetDecoder,
     ResNetEncoder,
 )
@@ -67,6 +69,9 @@ class VAE(nn.Module):
         if arch == "conv":
             self.encoder = Encoder(latent_dim, shape, classes)
             self.decoder = Decoder(latent_dim, shape, outputs, classes)
+        elif arch == "locatello":
+            self.encoder = LocatelloEncoder(latent_dim, shape, classes)
+            self.decoder = LocatelloDecoder(latent_dim, shape, outputs, classes)
         else:
             self.encoder = ResNetEncoder(latent_dim, shape, classes)
             self.decoder = ResNetDecoder(latent_dim, shape, outputs, classes)
