@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=None,
                         help="only this many combinations, drawn with --seed (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="chooses the subset")
+    parser.add_argument("--uncompressed", action="store_true",
+                        help="store the arrays as they are (3 GB for the full set, read in "
+                             "seconds rather than about half a minute)")
     args = parser.parse_args()
     total = math.prod(FACTOR_SIZES)
     if args.subset is not None and not 1 <= args.subset <= total:
@@ -36,7 +39,7 @@ def main() -> None:
     started = time.perf_counter()
     arrays = generate(args.subset, args.seed)
     with atomic_open(args.out, "wb") as out:
-        np.savez_compressed(out, **arrays)
+        (np.savez if args.uncompressed else np.savez_compressed)(out, **arrays)
     print(f"wrote {len(arrays['images'])} images with factors "
           f"{', '.join(arrays['factor_names'])} to {args.out} "
           f"in {time.perf_counter() - started:.0f} s")
