@@ -17,6 +17,7 @@ from .errors import VaelabError
 from .figures import standard_figures, targets
 from .models import count_parameters
 from .runs import FIGURES, REPORT, Run, checkpoint_path, eval_path, load_run, validation_of
+from .units import SCORES_FILE
 
 # The reference notebook's table (SEED.md): epoch -> (train, val) in its convention, each
 # batch's summed loss averaged over batches of 64: 938 training and 157 validation batches.
@@ -70,6 +71,14 @@ def _captions(run: Run, val: Split) -> dict[str, str]:
                         "images.",
         "levels": "What each level holds: row k keeps the top k latent groups of one prior "
                   "sample and draws the groups below afresh in each column.",
+        "traversal": "Latent traversals: for three validation images, each unit in turn set "
+                     "from -3 to 3 with the others held at the image's posterior mean; units "
+                     "sorted by their KL, which each row names (nats).",
+        "unit_kl": "Each unit's KL(q(z_d|x) || N(0, 1)) over the validation images: units "
+                   "near 0 are inactive (the posterior is the prior whatever the image).",
+        "mutual_information": "Each unit's mutual information with each factor of variation, "
+                              "over the factor's entropy (disentanglement.json): a "
+                              "disentangled code has one bright cell per column and per row.",
         **(_conditional_captions(run) if run.model.conditional else {}),
     }
 
@@ -107,6 +116,7 @@ def render_html(run: Run, figures: dict[str, Path], captions: dict[str, str]) ->
         sections += ["<h2>Against the reference notebook</h2>", _reference_table(run)]
     sections += ["<h2>Per epoch</h2>", _metrics_table(run)]
     sections += _evaluation_section(run)
+    sections += _disentanglement_section(run)
     for name, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode()
         sections.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
@@ -154,20 +164,46 @@ def _metrics_table(run: Run) -> str:
     return _table(columns, [[row[c] for c in columns] for row in run.metrics])
 
 
+def _fresh(run: Run, path: Path) -> dict | None:
+    """A measurement's JSON if it measured the very checkpoint file the run has now (a run
+    replaced with --force, or trained further, has another); else None."""
+    try:
+        result = json.loads(path.read_text())
+        current = (run.checkpoint_sha256 if result["checkpoint"] == run.checkpoint
+                   else file_sha256(checkpoint_path(run.path, result["checkpoint"])))
+        return result if result["checkpoint_sha256"] == current else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _disentanglement_section(run: Run) -> list[str]:
+    """disentanglement.json's scores, if it scored the checkpoint the run has now."""
+    path = run.path / SCORES_FILE
+    if not path.is_file():
+        return []
+    result = _fresh(run, path)
+    if result is None:
+        return ["<h2>Disentanglement</h2>", f"<p>{_e(path.name)} scored a checkpoint this run "
+                f"no longer has; run <code>vaelab disentanglement {_e(run.path)}</code> "
+                "again.</p>"]
+    protocol = result["protocol"]
+    caption = (f"<p>Against the data's factors ({_e(', '.join(result['factors']))}), "
+               f"{_e(result['checkpoint'])}.pt (epoch {result['epoch']}); each score the mean "
+               f"and sd of {protocol['repeats']} draws of {protocol['train_points']:,} "
+               f"training and {protocol['test_points']:,} test points.</p>")
+    rows = [[f"{metric} {name}", value["mean"], value["sd"]]
+            for metric, values in result["scores"].items() for name, value in values.items()]
+    return ["<h2>Disentanglement</h2>", caption, _table(["score", "mean", "sd"], rows)]
+
+
 def _evaluation_section(run: Run) -> list[str]:
     """eval.json, shown only if it measured the very checkpoint file the run has now (a run
     replaced with --force, or trained further, has another)."""
     path = eval_path(run.path, "test")
     if not path.is_file():
         return []
-    try:
-        result = json.loads(path.read_text())
-        current = (run.checkpoint_sha256 if result["checkpoint"] == run.checkpoint
-                   else file_sha256(checkpoint_path(run.path, result["checkpoint"])))
-        fresh = result["checkpoint_sha256"] == current
-    except (OSError, ValueError, KeyError, TypeError):
-        fresh = False
-    if not fresh:
+    result = _fresh(run, path)
+    if result is None:
         return ["<h2>Evaluation</h2>", f"<p>{_e(path.name)} measured a checkpoint this run no "
                 f"longer has; run <code>vaelab evaluate {_e(run.path)}</code> again.</p>"]
     caption = (f"<p>{result['images']:,} {_e(result['split'])} images, "

@@ -118,12 +118,14 @@ def write_scores(run_dir: str | os.PathLike, protocol: Protocol = Protocol(), se
     codes = CachedCodes(run, images)
     index = truth.random(protocol.train_points, np.random.default_rng([seed, 99]))
     information = mutual_information(codes(index), truth.factors[index], protocol.bins)
-    result = {"checkpoint": run.checkpoint, "epoch": run.epoch, "model": run.config.model,
+    result = {"checkpoint": run.checkpoint, "checkpoint_sha256": run.checkpoint_sha256,
+              "epoch": run.epoch, "model": run.config.model,
               "summary": run.model.summary, "seed": seed,
               "protocol": dataclasses.asdict(protocol), "images": truth.count,
               "factors": list(truth.names),
               "unit_kl": unit_kl(run, images[np.sort(index)]).tolist(),
-              "mutual_information": information.tolist(), "factor_entropy": entropy(truth.factors[index]).tolist(),
+              "mutual_information": information.tolist(),
+              "factor_entropy": entropy(truth.factors[index]).tolist(),
               "scores": scores(truth, codes, protocol, seed)}
     path = run.path / SCORES_FILE
     with atomic_open(path) as file:

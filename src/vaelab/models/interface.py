@@ -8,7 +8,9 @@ A model is an `nn.Module` with these attributes
     term_names     the per-image terms it reports beside the loss, e.g. ("recon", "kl") or
                    ("recon", "kl", "kl_1", "kl_2"): metrics.csv, the table and the curves
                    show whatever a model names
-    noise_size     standard normal numbers one image's latents take (all groups together)
+    noise_size     standard normal numbers a training step draws per image: its latents' (all
+                   groups together), and any more the objective needs (FactorVAE's
+                   permutation keys)
     group_sizes    how those numbers split into latent groups, top first: (D,) for one group
     code_dim       size of the code that interpolation, the latent map and the explorer move
                    in (a single-level VAE's z; a hierarchy's top group)
@@ -29,7 +31,9 @@ weights, None for an unconditional model; params: the likelihood's (B, C * P, H,
         what the uninterrupted one did.
     terms(x, noise, labels, kl_weight=1.0, samples=None) -> {name: (B,)}: "objective" (what
         training minimizes), "loss" (the negative ELBO, nats per image) and every name in
-        term_names.
+        term_names. An objective that compares the images of a batch (an aggregate posterior,
+        a permutation) takes the whole global batch through distributed.global_batch, which
+        every rank calls for every batch, in training and in evaluation alike.
     importance_terms(x, noise, labels) -> {"log_w": (K, B), "recon": (K, B), "kl": (K, B),
         and any other term}: log w_k = log p(x, z_k) - log q(z_k | x) for noise (K, B, N),
         and the terms of each sample, for the importance-weighted estimate.
@@ -40,7 +44,7 @@ weights, None for an unconditional model; params: the likelihood's (B, C * P, H,
         means).
     reconstruct(x, labels, generator=None) -> params: through the posterior, at its means, or
         sampled with `generator`.
-    prior_noise(n, generator) -> (n, noise_size) on the generator's device, and
+    prior_noise(n, generator) -> (n, sum(group_sizes)) on the generator's device, and
     from_prior(noise, temperature, labels) -> params: ancestral samples, each group's
         standard deviation scaled by `temperature`. Noise rather than a sample, so that
         figures can share noise across rows (the same z down a class grid's columns, the top
