@@ -60,6 +60,16 @@ def test_the_app_in_a_real_browser(served, browser, data_dir, tmp_path):
     set_number(page, "#slider-2", -2.5)
     changed(page, "#slider-image", after)
 
+    page.get_by_role("tab", name="Latent units").click()
+    page.wait_for_selector("#unit-image img", timeout=60_000)
+    # the unit sliders are the units themselves, the most informative first
+    names = [page.locator(f"#unit-{i} label").first.inner_text() for i in (1, 2)]
+    kls = [float(name.split("KL ")[1].split(")")[0]) for name in names]
+    assert kls[0] >= kls[1], names
+    before = image_src(page, "#unit-image")
+    set_number(page, "#unit-1", 3.5)
+    changed(page, "#unit-image", before)
+
     page.get_by_role("tab", name="Interpolation").click()
     page.wait_for_selector("#interp-point img")
     before = image_src(page, "#interp-point")
@@ -97,7 +107,7 @@ def test_the_other_controls_in_a_real_browser(served, browser, data_dir):
     set_number(page, "#slider-1", 3.5)
     page.wait_for_function("document.querySelector('#slider-1 input[type=number]').value"
                            " === '3.5'")
-    page.locator("#reset").click()
+    page.locator("#slider-reset").click()
     page.wait_for_function(f"Math.abs(document.querySelector('#slider-1 input[type=number]')"
                            f".value - {start}) < 1e-9", timeout=30_000)
 
@@ -168,7 +178,7 @@ def test_the_class_selector_of_a_conditional_run_in_a_real_browser(conditional_r
         page.locator("#slider-class input").click()
         page.get_by_role("option", name=other, exact=True).click()
         changed(page, "#slider-image", before)
-        page.locator("#reset").click()
+        page.locator("#slider-reset").click()
         page.wait_for_function(f"document.querySelector('#slider-class input').value === "
                                f"'{own}'", timeout=30_000)
 

@@ -29,6 +29,25 @@ def test_slider_vector_round_trip(explorer):
     assert np.array_equal(image, explorer.decode(z)) and where.ndim == 3
 
 
+def test_unit_sliders_are_the_units_by_kl_and_move_one_coordinate(explorer, trained_run,
+                                                                   data_dir):
+    from vaelab.units import unit_kl
+
+    run = load_run(trained_run)
+    kl = unit_kl(run, load_split("mnist", "val", data_dir, limit=2000).images)
+    assert explorer.units == kl.argsort(descending=True)[:10].tolist()
+    z = explorer.code(5)
+    values = explorer.to_units(z)
+    image, _ = explorer.at_units(values, z)  # unmoved: the image's own decode
+    assert np.array_equal(image, explorer.decode(z))
+    moved = values[:1] + [v + 1 for v in values[1:]]
+    image, _ = explorer.at_units(moved, z)
+    shifted = z.double().clone()
+    shifted[explorer.units[1:]] += 1
+    assert np.array_equal(image, explorer.decode(shifted))
+    assert explorer.unit_name(explorer.units[0]).startswith(f"z{explorer.units[0]} (KL ")
+
+
 def test_slider_scales_are_standard_deviations(explorer):
     coordinates = torch.tensor([explorer.to_sliders(z) for z in explorer.codes],
                                dtype=torch.float64)

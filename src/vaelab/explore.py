@@ -2,7 +2,9 @@
 
 `vaelab explore` (explorer_app.py) only wires these to Gradio widgets, so everything here is tested
 without a browser. Sliders move z along the principal directions of the validation set's
-posterior means, in units of each direction's standard deviation. For a conditional run the
+posterior means, in units of each direction's standard deviation; unit sliders move the latent
+units themselves (in the prior's standard deviations), sorted by their KL: the view of the
+disentanglement literature, where each unit should follow one factor. For a conditional run the
 codes hold the style and a class selector sets the digit: every decode takes a label.
 """
 
@@ -23,10 +25,20 @@ SHOWN_SIDE = 224  # screen pixels an image's longer side is enlarged to (8x for 
 MAX_UPLOAD_PIXELS = 4096 * 4096  # larger uploads are refused rather than resized for seconds
 
 
+def _unit_spread(run: Run, val: Split, codes: torch.Tensor) -> torch.Tensor:
+    """How much each unit of the code carries: its KL for one Gaussian latent (units.unit_kl),
+    else the spread of its posterior means over the validation set."""
+    if run.model.supports_exact:
+        from .units import unit_kl
+
+        return unit_kl(run, val.images, val.labels).double()
+    return codes.std(0)
+
+
 class Explorer:
     """A run's model with its validation set's codes and their principal directions."""
 
-    def __init__(self, run: Run, val: Split, directions: int = 8):
+    def __init__(self, run: Run, val: Split, directions: int = 8, units: int = 10):
         self.model, self.val = run.model, val
         # The IDX sets' strokes are shown as ink on paper, as in the figures; the drawing
         # canvas (and MNIST's way of preparing a digit) only makes sense for digit-like data.
@@ -39,6 +51,9 @@ class Explorer:
         # the floor keeps a direction with no spread (collapsed codes) usable
         self.scales = scales[:directions].clamp_min(1e-6)
         self.map = LatentMap(self.project(self.codes), val.labels, val.classes)
+        self.unit_spread = _unit_spread(run, val, self.codes)
+        self.spread_is_kl = bool(run.model.supports_exact)
+        self.units = self.unit_spread.argsort(descending=True)[:units].tolist()
 
     # ---- sliders -----------------------------------------------------------------------
 
@@ -58,6 +73,21 @@ class Explorer:
         run) and the map marked where it lies."""
         z = self.from_sliders(values, base)
         return self.decode(z, label), self.map.marked(self.project(z[None])[0])
+
+    def to_units(self, z: torch.Tensor) -> list[float]:
+        """z's values on the unit sliders' units (the most informative first)."""
+        return z.double()[self.units].tolist()
+
+    def at_units(self, values: list[float], base: torch.Tensor, label: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """base with the slider units set to `values`, decoded, and the map marked."""
+        z = base.double().clone()
+        z[self.units] = torch.tensor(values, dtype=torch.float64)
+        return self.decode(z, label), self.map.marked(self.project(z[None])[0])
+
+    def unit_name(self, unit: int) -> str:
+        measure = "KL" if self.spread_is_kl else "sd"
+        return f"z{unit} ({measure} {self.unit_spread[unit]:.2f})"
 
     def _slider_coordinates(self, z: torch.Tensor) -> torch.Tensor:
         return ((z.double() - self.mean) @ self.directions.T) / self.scales

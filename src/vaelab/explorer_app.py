@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from .errors import VaelabError
 from .explore import Explorer, read_picture
@@ -46,7 +47,9 @@ def build(explorer: Explorer) -> Any:
                     "directions of the validation set's posterior means (in standard "
                     "deviations); the decoder draws the result.")
         with gr.Tab("Latent sliders"):
-            _slider_tab(gr, explorer, start)
+            _slider_tab(gr, explorer, start, _DIRECTIONS)
+        with gr.Tab("Latent units"):
+            _slider_tab(gr, explorer, start, _UNITS)
         with gr.Tab("Interpolation"):
             _interpolation_tab(gr, explorer)
         with gr.Tab("Encode your own"):
@@ -57,21 +60,38 @@ def build(explorer: Explorer) -> Any:
     return app
 
 
-def _slider_tab(gr, explorer: Explorer, start) -> None:
+class _Mode(NamedTuple):
+    """What a tab's sliders move: the principal directions, or the latent units."""
+
+    prefix: str  # of the elements' ids
+    values: Callable[[Explorer, Any], list[float]]  # a code's slider values
+    at: Callable[..., Any]  # (explorer, values, base, label) -> (decoded, map)
+    names: Callable[[Explorer], list[str]]
+
+
+_DIRECTIONS = _Mode("slider", Explorer.to_sliders, Explorer.at_sliders,
+                    lambda e: [f"direction {i + 1} (σ)" for i in range(len(e.directions))])
+_UNITS = _Mode("unit", Explorer.to_units, Explorer.at_units,
+               lambda e: [e.unit_name(u) for u in e.units])
+
+
+def _slider_tab(gr, explorer: Explorer, start, mode: _Mode) -> None:
     with gr.Row():
         with gr.Column():
             index = gr.Number(0, precision=0, label="start from validation image (index)",
-                              elem_id="base-index")
-            reset = gr.Button("Reset the sliders to this image", elem_id="reset")
+                              elem_id=f"{mode.prefix}-base-index")
+            reset = gr.Button("Reset the sliders to this image", elem_id=f"{mode.prefix}-reset")
             # A conditional run: the sliders move the style, the class sets the digit.
             chosen = _class_picker(gr, explorer, explorer.label_of(0), "class (the digit)",
-                                   "slider-class")
-            sliders = [gr.Slider(-RANGE, RANGE, value=_clip(value), step=STEP,
-                                 label=f"direction {i + 1} (σ)", elem_id=f"slider-{i + 1}")
-                       for i, value in enumerate(explorer.to_sliders(start))]
+                                   f"{mode.prefix}-class")
+            sliders = [gr.Slider(-RANGE, RANGE, value=_clip(value), step=STEP, label=name,
+                                 elem_id=f"{mode.prefix}-{i + 1}")
+                       for i, (value, name) in enumerate(zip(mode.values(explorer, start),
+                                                             mode.names(explorer)))]
         with gr.Column():
             decoded = gr.Image(explorer.decode(start, explorer.label_of(0)), label="decoded",
-                               format="png", interactive=False, elem_id="slider-image")
+                               format="png", interactive=False,
+                               elem_id=f"{mode.prefix}-image")
             where = gr.Image(explorer.map.marked(explorer.project(start[None])[0]),
                              label="where z lies", format="png", interactive=False)
     pickers = [chosen] if chosen else []
@@ -79,10 +99,10 @@ def _slider_tab(gr, explorer: Explorer, start) -> None:
     def show(base_index, *values):
         label = _label(explorer, values[0]) if chosen else None
         values = values[1:] if chosen else values
-        return explorer.at_sliders(list(values), explorer.code(_whole(base_index)), label)
+        return mode.at(explorer, list(values), explorer.code(_whole(base_index)), label)
 
     def to_image(base_index):
-        values = [_clip(v) for v in explorer.to_sliders(explorer.code(_whole(base_index)))]
+        values = [_clip(v) for v in mode.values(explorer, explorer.code(_whole(base_index)))]
         label = explorer.label_of(_whole(base_index))
         picked = [explorer.val.classes[label]] if chosen else []
         return picked + values + list(show(base_index, *picked, *values))
