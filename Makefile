@@ -48,7 +48,8 @@ NUMERIC_TESTS = tests/test_losses.py tests/test_model.py tests/test_seed_network
 	tests/test_train.py tests/test_evaluate.py tests/test_write_evaluation.py \
 	tests/test_quadrature.py tests/test_closed_forms.py tests/test_likelihood8.py \
 	tests/test_conditional.py tests/test_figures.py tests/test_explore.py tests/test_options.py \
-	tests/test_own_runs.py tests/test_distributed.py tests/test_distributed_helpers.py
+	tests/test_own_runs.py tests/test_distributed.py tests/test_distributed_helpers.py \
+	tests/test_disentangling.py
 test-cpus: $(VENV)/.installed-test
 	@scripts/ensure-chromium $(BIN)/python
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)

@@ -131,7 +131,8 @@ def test_the_vae_records_no_skipped_updates_unless_asked(tiny_config, tmp_path):
 
 @pytest.mark.parametrize("changes, words", [
     (dict(model="hvae", latent_dim=5), "latent_dim = 5 is not allowed (--latent-dim): an "
-                                       "option of --model vae, and this run is --model hvae"),
+                                       "option of --model vae or beta-tcvae or factorvae or "
+                                       "capacity, and this run is --model hvae"),
     (dict(model="hvae", iw_train=3), "iw_train = 3 is not allowed (--iw-train): an option of "
                                      "--model vae"),
     (dict(hvae_groups=3), "hvae_groups = 3 is not allowed (--hvae-groups): an option of "
@@ -147,7 +148,7 @@ def test_options_another_family_takes_are_refused_by_name(changes, words):
 
 def test_bad_model_requests_get_one_line_and_write_nothing(capsys, tiny_config, tmp_path):
     code, _, err = cli(capsys, "train", "--model", "gan", "--out", tmp_path / "gan")
-    assert code == 2 and "invalid choice: 'gan' (choose from 'vae', 'hvae')" in err
+    assert code == 2 and "invalid choice: 'gan' (choose from 'vae', 'hvae', 'beta-tcvae'" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "gan").exists()
     run = train(tiny_config.replace(model="hvae", **SMALL, limit_train=128, limit_val=64),
                 tmp_path / "run", progress=False)

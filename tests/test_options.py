@@ -218,7 +218,8 @@ def test_train_recipe_fast_with_user_flags(capsys, quick, tmp_path):
     assert code == 0, err
     saved = Config.from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
     assert saved == from_recipe("fast", epochs=1, data_dir=str(quick[1]), limit_train=128,
-                                limit_val=64, device="cpu", channels=1, height=28, width=28)
+                                limit_val=64, device="cpu", channels=1, height=28, width=28,
+                                train_images=128)
     assert saved.schedule == "onecycle" and saved.lr == RECIPES["fast"]["lr"]
 
 

@@ -22,7 +22,8 @@ def test_report_is_self_contained_and_renders_in_chromium(trained_run, browser):
     page.goto(report.as_uri())
     widths = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth)")
     page.close()
-    assert len(widths) == 5 and all(w > 0 for w in widths), widths
+    # curves, reconstructions, samples, interpolation, latent, traversal, unit_kl
+    assert len(widths) == 7 and all(w > 0 for w in widths), widths
 
 
 def test_train_writes_the_report_and_prints_its_path(capsys, tiny_config, tmp_path):
@@ -57,7 +58,8 @@ def test_report_command_embeds_every_figure_as_a_data_uri(capsys, tiny_config, t
     page = Sources()
     page.feed((run / "report.html").read_text())
     figures = {path.stem: path for path in (run / "figures").glob("*.png")}
-    assert set(figures) == {"curves", "reconstructions", "samples", "interpolation", "latent"}
+    assert set(figures) == {"curves", "reconstructions", "samples", "interpolation", "latent",
+                            "traversal", "unit_kl"}
     assert sorted(alt for alt, _ in page.images) == sorted(figures)
     for alt, src in page.images:
         encoded = base64.b64encode(figures[alt].read_bytes()).decode()

@@ -28,7 +28,8 @@ def test_training_lowers_the_loss_on_real_mnist(tiny_config, tmp_path):
 def test_run_directory_holds_config_metrics_and_checkpoints(tiny_config, tmp_path):
     run_dir = train(tiny_config.replace(epochs=2), tmp_path / "run")
     assert Config.from_dict(__import__("json").loads((run_dir / "config.json").read_text())) \
-        == tiny_config.replace(epochs=2, channels=1, height=28, width=28)  # shape recorded
+        == tiny_config.replace(epochs=2, channels=1, height=28, width=28,  # shape recorded
+                               train_images=tiny_config.limit_train)
     with (run_dir / "metrics.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [int(row["epoch"]) for row in rows] == [1, 2]

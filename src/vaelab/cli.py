@@ -411,11 +411,13 @@ def _row_printer():
 
 
 def _table_for(row: dict[str, float]) -> list[tuple[str, str, int]]:
-    """TABLE, with a hierarchy's per-group validation KLs after the total KL."""
-    groups = [(key, key.replace("val_", ""), 7) for key in row
-              if key.startswith("val_kl_")]
+    """TABLE, with the terms a model names beyond the ELBO's after the KL: a hierarchy's
+    per-group KLs, a family's own (beta-TCVAE's mi, tc, dwkl, ...)."""
+    from .runs import term_columns
+
+    named = [(key, key.replace("val_", ""), 7) for key in term_columns(row)]
     at = next(i for i, (key, _, _) in enumerate(TABLE) if key == "val_kl") + 1
-    return [*TABLE[:at], *groups, *TABLE[at:]]
+    return [*TABLE[:at], *named, *TABLE[at:]]
 
 
 def _cell(value: float, width: int) -> str:

@@ -19,6 +19,7 @@ from torchvision.utils import make_grid
 
 from .checkpoint import atomic_open
 from .errors import VaelabError
+from .runs import term_columns
 
 SHOWN_SIDE = 84  # screen pixels an image's longer side is scaled up to, at least
 TITLE_PX = 36   # height of the title band
@@ -203,23 +204,12 @@ def scatter_codes(axes, points: torch.Tensor, labels: torch.Tensor | None,
     axes.set_ylabel(f"{axis_name} 2")
 
 
-def group_terms(row: dict[str, float]) -> list[str]:
-    """A hierarchy's per-group KL terms in a metrics row ("kl_1", "kl_2", ...), top first."""
-    return sorted((key[len("val_"):] for key in row if key.startswith("val_kl_")),
-                  key=lambda name: int(name.rsplit("_", 1)[1]))
-
-
-def family_terms(row: dict[str, float]) -> list[str]:
-    """The terms a family names beyond the ELBO's ("mi", "tc", "capacity", ...)."""
-    shared = {"loss", "recon", "kl", "batch_loss"}
-    return [key[len("val_"):] for key in row if key.startswith("val_")
-            and key[len("val_"):] not in shared and not key.startswith("val_kl_")]
-
-
 def curves(metrics: list[dict[str, float]]) -> Figure:
     """Train and validation loss, reconstruction and KL (nats per image) per epoch; for a
     hierarchy each latent group's validation KL; and any other term the model names."""
-    groups, others = group_terms(metrics[0]), family_terms(metrics[0])
+    named = [key[len("val_"):] for key in term_columns(metrics[0])]
+    groups = [name for name in named if name.startswith("kl_")]
+    others = [name for name in named if not name.startswith("kl_")]
     panels = 3 + bool(groups) + bool(others)
     figure = Figure(figsize=(4 * panels, 3.6), dpi=DPI, layout="constrained")
     epochs = [row["epoch"] for row in metrics]

@@ -16,7 +16,16 @@ from .data import Split
 from .errors import VaelabError
 from .figures import standard_figures, targets
 from .models import count_parameters
-from .runs import FIGURES, REPORT, Run, checkpoint_path, eval_path, load_run, validation_of
+from .runs import (
+    FIGURES,
+    REPORT,
+    Run,
+    checkpoint_path,
+    eval_path,
+    load_run,
+    term_columns,
+    validation_of,
+)
 from .units import SCORES_FILE
 
 # The reference notebook's table (SEED.md): epoch -> (train, val) in its convention, each
@@ -158,8 +167,8 @@ def _reference_table(run: Run) -> str:
 
 
 def _metrics_table(run: Run) -> str:
-    groups = [f"val_{name}" for name in plots.group_terms(run.metrics[0])] if run.metrics else []
-    columns = ["epoch", "train_loss", "val_loss", "val_recon", "val_kl", *groups,
+    named = term_columns(run.metrics[0]) if run.metrics else []
+    columns = ["epoch", "train_loss", "val_loss", "val_recon", "val_kl", *named,
                "train_batch_loss", "val_batch_loss", "epoch_seconds"]
     return _table(columns, [[row[c] for c in columns] for row in run.metrics])
 

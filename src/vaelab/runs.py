@@ -52,6 +52,14 @@ def metric_columns(term_names: tuple[str, ...], extra: tuple[str, ...] = ()) -> 
             "lr", "train_seconds", "epoch_seconds", *extra)
 
 
+def term_columns(row: dict[str, float]) -> list[str]:
+    """The validation columns of a metrics row beyond the ELBO's (val_loss, val_recon, val_kl),
+    in the model's order: a hierarchy's per-group KLs (val_kl_1, ...), a family's own terms
+    (val_mi, val_tc, ...)."""
+    shared = {"val_loss", "val_recon", "val_kl", "val_batch_loss"}
+    return [key for key in row if key.startswith("val_") and key not in shared]
+
+
 @dataclass
 class Run:
     """A trained model with what made it: `model` is in eval mode on `device`."""
