@@ -74,28 +74,30 @@ def render(shape: int, scale: float, angle: float) -> torch.Tensor:
     return _inside(shape, cos * dx + sin * dy, -sin * dx + cos * dy)
 
 
+def images_of(factors: np.ndarray) -> np.ndarray:
+    """The images of factor indices (N, 5): (N, 64, 64) uint8, 0 or 255. Each (shape, scale,
+    orientation) is rendered once for all its positions."""
+    values = factor_values()
+    out = np.empty((len(factors), SIDE, SIDE), dtype=np.uint8)
+    blocks = np.ravel_multi_index(tuple(factors[:, :3].T), FACTOR_SIZES[:3])
+    order = np.argsort(blocks, kind="stable")
+    starts = np.flatnonzero(np.diff(blocks[order], prepend=-1))
+    for rows in np.split(order, starts[1:]):
+        shape, scale, angle = factors[rows[0], :3]
+        rendered = render(shape, values[1][scale], values[2][angle])
+        out[rows] = rendered[factors[rows, 3], factors[rows, 4]].numpy().astype(np.uint8) * 255
+    return out
+
+
 def generate(subset: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """The images (N, 64, 64) uint8 (0 or 255) and their factors: indices (N, 5) int64, values
     (N, 5) float32, names. `subset`: that many combinations drawn with `seed`, in order."""
-    values = factor_values()
-    chosen = None
+    factors = all_factors()
     if subset is not None:
         generator = np.random.default_rng(seed)
-        chosen = np.sort(generator.choice(math.prod(FACTOR_SIZES), subset, replace=False))
-    blocks = []
-    per_block = FACTOR_SIZES[3] * FACTOR_SIZES[4]
-    for block, (shape, scale, angle) in enumerate(np.ndindex(*FACTOR_SIZES[:3])):
-        wanted = None
-        if chosen is not None:
-            wanted = chosen[(chosen >= block * per_block) & (chosen < (block + 1) * per_block)]
-            if not len(wanted):
-                continue
-        images = render(shape, values[1][scale], values[2][angle]).reshape(per_block, SIDE, SIDE)
-        if wanted is not None:
-            images = images[torch.from_numpy(wanted - block * per_block)]
-        blocks.append(images.to(torch.uint8).mul_(255).numpy())
-    factors = all_factors() if chosen is None else all_factors()[chosen]
+        factors = factors[np.sort(generator.choice(len(factors), subset, replace=False))]
+    values = factor_values()
     factor_value = np.stack([values[k][factors[:, k]] for k in range(5)], axis=1)
-    return {"images": np.concatenate(blocks), "factors": factors,
+    return {"images": images_of(factors), "factors": factors,
             "factor_values": factor_value.astype(np.float32),
             "factor_names": np.array(FACTOR_NAMES)}
