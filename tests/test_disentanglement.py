@@ -22,6 +22,7 @@ from vaelab.disentanglement import (
     mutual_information,
     scores,
 )
+from vaelab.errors import VaelabError
 
 SIZES = (3, 6, 10, 8)  # every factor fits MIG's 20 bins, so binning keeps it whole
 F = len(SIZES)
@@ -152,3 +153,9 @@ def test_scaled_protocols_keep_at_least_two_points():
     small = Protocol().scaled(1e-9)
     assert small.train_points == small.test_points == small.variance_images == 2
     assert Protocol().scaled(0.5).train_points == 5000
+
+
+def test_a_factor_that_never_changes_is_refused_by_name():
+    factors = np.stack([np.arange(10) % 3, np.zeros(10, dtype=int)], axis=1)
+    with pytest.raises(VaelabError, match="colour"):
+        GroundTruth(factors, ("shape", "colour"))

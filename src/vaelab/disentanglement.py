@@ -58,6 +58,10 @@ class GroundTruth:
     """The data's factor indices (N, F), and draws from them."""
 
     def __init__(self, factors: np.ndarray, names: tuple[str, ...]):
+        constant = [name for name, column in zip(names, factors.T) if len(np.unique(column)) < 2]
+        if constant:  # no score is defined for them (zero entropy, one class)
+            raise VaelabError(f"factor(s) {', '.join(constant)} take a single value; drop them "
+                              "from the data's factors")
         self.factors, self.names = factors, names
         self.orders = [np.argsort(column, kind="stable") for column in factors.T]
         self.counts = [np.bincount(column) for column in factors.T]
@@ -200,6 +204,8 @@ def _weighted_certainty(importance: np.ndarray) -> float:
     """Sum over rows of (1 - the entropy of the row's importances, in base the row's length),
     weighted by the row's share of all importance: DCI's disentanglement for (units, factors),
     its completeness for (factors, units)."""
+    if importance.shape[1] == 1:  # one factor (or one unit): trivially certain
+        return 1.0
     if importance.sum() == 0:
         importance = np.ones_like(importance)
     share = importance / np.maximum(importance.sum(1, keepdims=True), 1e-300)

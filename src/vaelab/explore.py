@@ -3,7 +3,8 @@
 `vaelab explore` (explorer_app.py) only wires these to Gradio widgets, so everything here is tested
 without a browser. Sliders move z along the principal directions of the validation set's
 posterior means, in units of each direction's standard deviation; unit sliders move the latent
-units themselves (in the prior's standard deviations), sorted by their KL: the view of the
+units themselves (their values: the prior's standard deviations for a single Gaussian latent),
+sorted by their KL (a hierarchy's code units: by their spread): the view of the
 disentanglement literature, where each unit should follow one factor. For a conditional run the
 codes hold the style and a class selector sets the digit: every decode takes a label.
 """

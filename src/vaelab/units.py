@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from .data import to_float
 from .disentanglement import GroundTruth, Protocol, entropy, mutual_information, scores
 from .errors import VaelabError
 from .runs import Run, load_run
+
+log = logging.getLogger(__name__)
 
 SCORES_FILE = "disentanglement.json"
 MATRIX_IMAGES = 10_000
@@ -81,8 +84,16 @@ def factor_data(run: Run, data: str | os.PathLike | None = None
                           f"({source}): the disentanglement metrics need an .npz with `factors` "
                           "(python scripts/make_dsprites.py OUT.npz writes dSprites)")
     images = load_image_data(config)[0]
-    factors, names = read_factors(config.data, len(images))
-    return images, GroundTruth(factors, names)
+    found = read_factors(config.data, len(images))
+    if found is None:
+        raise VaelabError(f"{config.data} holds no `factors`: the disentanglement metrics need "
+                          "the data the run was trained on, with its factors")
+    factors, names = found
+    varying = [k for k in range(factors.shape[1]) if len(np.unique(factors[:, k])) > 1]
+    if len(varying) < len(names):  # a constant factor (the original dSprites' colour)
+        log.info("leaving out factor(s) that never change: %s", ", ".join(
+            name for k, name in enumerate(names) if k not in varying))
+    return images, GroundTruth(factors[:, varying], tuple(names[k] for k in varying))
 
 
 class CachedCodes:

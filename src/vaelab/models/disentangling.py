@@ -101,7 +101,10 @@ class BetaTCVAE(VAE):
 
 class CapacityVAE(VAE):
     """Controlled capacity: recon + w gamma |KL - C(step)|. The step counts training passes
-    (a buffer, so a checkpoint keeps it and a resumed run goes on from it)."""
+    (a buffer, so a checkpoint keeps it and a resumed run goes on from it). |KL - C| is taken
+    per image, as Burgess et al.'s equation writes it (implementations often take the batch's
+    mean KL first): each image's KL is held near C, and an image's objective does not depend
+    on the images beside it."""
 
     term_names = ("recon", "kl", "capacity")
 

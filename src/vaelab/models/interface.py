@@ -33,7 +33,8 @@ weights, None for an unconditional model; params: the likelihood's (B, C * P, H,
         training minimizes), "loss" (the negative ELBO, nats per image) and every name in
         term_names. An objective that compares the images of a batch (an aggregate posterior,
         a permutation) takes the whole global batch through distributed.global_batch, which
-        every rank calls for every batch, in training and in evaluation alike.
+        every rank calls for every batch, in training and in evaluation alike: under torchrun,
+        code that calls `terms` on one rank alone would wait forever.
     importance_terms(x, noise, labels) -> {"log_w": (K, B), "recon": (K, B), "kl": (K, B),
         and any other term}: log w_k = log p(x, z_k) - log q(z_k | x) for noise (K, B, N),
         and the terms of each sample, for the importance-weighted estimate.
