@@ -12,7 +12,8 @@ model's best and worst seed (by MIG) go to --figures.
 
 The anchors trained 300,000 steps at learning rate 1e-4; this bench's budget is what two CPU
 cores allow in about an hour and a half for all fifteen runs (training and scoring), so it
-trains at 1e-3 (vaelab's default) and its scores say where a short run stands, not where these models end. The published run:
+trains at 1e-3 (vaelab's default) and its scores say where a short run stands, not where these
+models end. The published run:
 
     python scripts/make_dsprites.py data/dsprites-raw.npz --uncompressed
     python bench/disentanglement.py --data data/dsprites-raw.npz --steps 2000 --share 0.1 \\
