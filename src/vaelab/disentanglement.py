@@ -156,13 +156,19 @@ def mig(truth: GroundTruth, represent: Represent, rng: np.random.Generator,
     return {"score": float(np.mean(_top_gap(information) / entropy(factors)))}
 
 
+def _train_and_test(truth: GroundTruth, represent: Represent, rng: np.random.Generator,
+                    protocol: Protocol) -> tuple[np.ndarray, ...]:
+    """Random training and test images, and their codes."""
+    train = truth.random(protocol.train_points, rng)
+    test = truth.random(protocol.test_points, rng)
+    return train, test, represent(train), represent(test)
+
+
 def sap(truth: GroundTruth, represent: Represent, rng: np.random.Generator,
         protocol: Protocol) -> dict[str, float]:
     from sklearn.svm import LinearSVC
 
-    train, test = truth.random(protocol.train_points, rng), truth.random(protocol.test_points,
-                                                                          rng)
-    codes_train, codes_test = represent(train), represent(test)
+    train, test, codes_train, codes_test = _train_and_test(truth, represent, rng, protocol)
     accuracy = np.zeros((codes_train.shape[1], truth.factors.shape[1]))
     for i in range(codes_train.shape[1]):
         for j in range(truth.factors.shape[1]):
@@ -183,9 +189,7 @@ def dci(truth: GroundTruth, represent: Represent, rng: np.random.Generator,
         protocol: Protocol) -> dict[str, float]:
     from sklearn.ensemble import GradientBoostingClassifier
 
-    train, test = truth.random(protocol.train_points, rng), truth.random(protocol.test_points,
-                                                                          rng)
-    codes_train, codes_test = represent(train), represent(test)
+    train, test, codes_train, codes_test = _train_and_test(truth, represent, rng, protocol)
     importance = np.zeros((codes_train.shape[1], truth.factors.shape[1]))
     train_accuracy, test_accuracy = [], []
     for j in range(truth.factors.shape[1]):

@@ -181,11 +181,6 @@ class FactorVAE(VAE):
     def noise_size(self) -> int:
         return 2 * self.latent_dim  # the latents' noise, then the permutations' keys
 
-    def draw_noise(self, count: int, generator: torch.Generator, samples: int | None = None
-                   ) -> torch.Tensor:
-        shape = ((samples,) if samples else ()) + (count, self.noise_size)
-        return torch.randn(shape, generator=generator, device=generator.device)
-
     def terms(self, x: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor | None = None,
               kl_weight: float = 1.0, samples: int | None = None) -> dict[str, torch.Tensor]:
         eps, keys = noise.split(self.latent_dim, dim=-1)

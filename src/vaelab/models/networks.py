@@ -63,13 +63,19 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        if y is None:
-            h = self.features(x)
-        else:
-            planes = y.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
-            h = self.features(torch.cat([x, planes], 1))
-            h = torch.cat([h, y.to(h.dtype)], 1)
+        h = labelled_features(self.features, x, y)
         return self.mu(h), self.logvar(h)
+
+
+def labelled_features(features: nn.Module, x: torch.Tensor, y: torch.Tensor | None
+                      ) -> torch.Tensor:
+    """The flattened features of x; with a label y, of x beside one constant plane per class,
+    with y appended."""
+    if y is None:
+        return features(x)
+    planes = y.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+    h = features(torch.cat([x, planes], 1))
+    return torch.cat([h, y.to(h.dtype)], 1)
 
 
 class Decoder(nn.Module):
@@ -213,12 +219,7 @@ class LocatelloEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        if y is None:
-            h = self.features(x)
-        else:
-            planes = y.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
-            h = torch.cat([self.features(torch.cat([x, planes], 1)), y.to(x.dtype)], 1)
-        h = self.dense(h)
+        h = self.dense(labelled_features(self.features, x, y))
         return self.mu(h), self.logvar(h)
 
 

@@ -171,7 +171,7 @@ class VAE(nn.Module):
 
     def draw_noise(self, count: int, generator: torch.Generator, samples: int | None = None
                    ) -> torch.Tensor:
-        shape = ((samples,) if samples else ()) + (count, self.latent_dim)
+        shape = ((samples,) if samples else ()) + (count, self.noise_size)
         return torch.randn(shape, generator=generator, device=generator.device)
 
     def terms(self, x: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor | None = None,
