@@ -145,7 +145,7 @@ def command_line_page() -> None:
     """Every command and flag, from the parser itself, so the page cannot drift from it."""
     import argparse
 
-    from vaelab.cli import build_parser
+    from vaelab.cli_parser import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

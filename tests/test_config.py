@@ -6,7 +6,7 @@ import math
 import pytest
 
 from vaelab import Config
-from vaelab.cli import build_parser
+from vaelab.cli_parser import build_parser
 from vaelab.errors import ConfigError
 
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
