@@ -122,6 +122,30 @@ def test_two_processes_compute_what_one_does(one_process, two_processes):
         ".lock", "config.json", "metrics.csv", "last.pt", "best.pt", "report.html", "figures"}
 
 
+def test_tensorboard_under_two_processes_logs_what_one_process_does(data_dir, tmp_path):
+    """Rank 0 alone writes one event file, with every step once, and each step's terms are
+    the whole global batch's (the ranks' sums added), as in one process."""
+    pytest.importorskip("tensorboard")
+    from test_tensorboard import events, scalars
+
+    config = Config(data_dir=str(data_dir), limit_train=449, limit_val=255, epochs=2,
+                    device="cpu", logger="tensorboard")
+    alone = train(config, tmp_path / "one", progress=False)
+    result = torchrun(data_dir, "train", "--out", tmp_path / "two", "--epochs", 2, *SLICE,
+                      "--logger", "tensorboard")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1
+    ours, theirs = events(tmp_path / "two"), events(alone)
+    assert ours.Tags() == theirs.Tags()
+    for tag in ours.Tags()["scalars"]:
+        if tag.endswith("seconds"):
+            continue
+        mine, wanted = scalars(ours, tag), scalars(theirs, tag)
+        assert [step for step, _ in mine] == [step for step, _ in wanted] != []
+        assert [value for _, value in mine] == pytest.approx([value for _, value in wanted],
+                                                             rel=RTOL), tag
+
+
 def test_evaluate_on_two_processes_writes_what_one_does(data_dir, one_process, tmp_path):
     """The IW estimate, its batches dealt to 2 ranks: the same figures, in one eval.json."""
     run = tmp_path / "run"

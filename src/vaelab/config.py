@@ -157,6 +157,11 @@ class Config:
     ddp_timeout: float = setting(
         600.0, "under torchrun, seconds a process waits for the others (joining, each exchange, "
         "rank 0 building a decode cache) before it gives up: no wait is unbounded")
+    logger: Literal["none", "tensorboard"] = setting(
+        "none", "tensorboard: also log each step's terms, learning rate and gradient norm, and "
+        "each epoch's metrics and pictures, into RUN/tensorboard/ (needs vaelab[tensorboard]); "
+        "metrics.csv is written either way. (Not --log: torchrun would read that as an "
+        "abbreviation of its own --log-dir)")
     data_dir: str | None = setting(
         None, "folder with the IDX files; unset: $VAELAB_DATA_DIR, else ./data")
     limit_train: int | None = setting(None, "use only the first N training images (quick runs)")

@@ -1,5 +1,5 @@
 """A run directory and every file in it: config.json, metrics.csv, last.pt, best.pt,
-eval.json, eval-train.json, report.html and figures/. This module alone names them.
+eval.json, eval-train.json, report.html, figures/ and tensorboard/. This module alone names them.
 
 `load_run(RUN_DIR)` rebuilds the model and its config from the directory alone.
 """
@@ -35,6 +35,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 REPORT = "report.html"
 FIGURES = "figures"
+TENSORBOARD = "tensorboard"  # --log tensorboard's event files (board.py)
 EVAL_FILES = {"test": "eval.json", "train": "eval-train.json"}  # by `vaelab evaluate --split`
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, REPORT, *EVAL_FILES.values())
 LOCK = ".lock"
@@ -153,7 +154,8 @@ def clear_run(run_dir: Path) -> None:
     """--force: remove every file the previous run wrote (call it holding the run's lock)."""
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / FIGURES, ignore_errors=True)
+    for folder in (FIGURES, TENSORBOARD):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
     remove_temporaries(run_dir)
 
 

@@ -7,6 +7,7 @@ for bit. The loop prints nothing but its tqdm bar; each epoch's row goes to `on_
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -19,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, threads
+from .board import Board, NoBoard, global_means, open_board, require_tensorboard
 from .checkpoint import (
     config_from_checkpoint,
     load_checkpoint,
@@ -59,7 +61,7 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 # Fields that only say where data lives or what runs the maths: a resume may change them.
 RESUMABLE_CHANGES = ("epochs", "data_dir", "data", "device", "threads", "ddp_backend",
-                     "ddp_timeout")
+                     "ddp_timeout", "logger")
 
 
 def train(config: Config, out: str | Path | None = None, *, force: bool = False,
@@ -72,6 +74,7 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
     run_dir = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     device = resolve_device(config.device)
     distributed.check_batch(config.batch_size)
+    _check_log(config)
     with distributed.process_group(device, config.ddp_backend, config.ddp_timeout) as device:
         distributed.from_writer(lambda: _refuse_existing(run_dir, force))
         config = _absolute_data(config)
@@ -85,6 +88,11 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
             with threads.restored():
                 _fit(state, train_split, val_split, run_dir, progress, on_epoch_end)
     return run_dir
+
+
+def _check_log(config: Config) -> None:
+    if config.logger == "tensorboard":
+        require_tensorboard()
 
 
 def _refuse_existing(run_dir: Path, force: bool) -> None:
@@ -124,6 +132,7 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
     config = _resumed_config(payload, run_dir, changes)
     device = resolve_device(config.device)
     distributed.check_batch(config.batch_size)
+    _check_log(config)
     with distributed.process_group(device, config.ddp_backend, config.ddp_timeout) as device, \
             distributed.writer_holds(lambda: run_lock(run_dir)):
         if distributed.is_writer():
@@ -240,12 +249,15 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
     torch.set_num_threads(threads.choose(config.threads, device, lambda: threads.probe_step(
         state, train_images, train_labels)).threads)
     distributed.from_writer(lambda: _start_files(state, run_dir, len(train_images)))
-    with StopSignals() as stop:
+    board = open_board(config.logger, run_dir, state.step + 1, val_images, val_labels,
+                       config.seed, state.model)
+    with StopSignals() as stop, contextlib.closing(board):
         for epoch in range(state.epoch + 1, config.epochs + 1):
             steps_before, skipped_before = state.step, state.skipped
-            result = _train_epoch(state, train_images, train_labels, epoch, show, stop)
+            result = _train_epoch(state, train_images, train_labels, epoch, show, stop, board)
             if result is None:  # stopped mid-epoch: state.partial says where
                 distributed.summed(state.partial.totals)
+                board.flush()  # every step the checkpoint holds is on disk
                 if distributed.is_writer():
                     save_checkpoint(run_dir / LAST, state.checkpoint(), __version__)
                 distributed.barrier()  # no rank exits (and gets its group killed) before the save
@@ -267,6 +279,7 @@ def _fit(state: TrainingState, train_split: Split, val_split: Split, run_dir: Pa
                    "threads": torch.get_num_threads()}
             if state.gradient_limits[1] is not None:  # a run that may skip says how often
                 row["skipped_updates"] = state.skipped
+            board.epoch(row, state.model)  # before the checkpoint: see board.py
             _end_epoch(state, row, run_dir)
             if on_epoch_end:
                 on_epoch_end(row)
@@ -289,7 +302,8 @@ def _refuse_an_epoch_of_skips(state: TrainingState, epoch: int, steps: int,
 
 
 def _train_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tensor | None,
-                 epoch: int, show: bool, stop: StopSignals) -> tuple[Totals, float] | None:
+                 epoch: int, show: bool, stop: StopSignals, board: Board | NoBoard
+                 ) -> tuple[Totals, float] | None:
     """Train one epoch (or the rest of a saved one); None if a stop was requested first.
     `labels` go with the images to a conditional model (None otherwise)."""
     size = state.config.batch_size
@@ -310,7 +324,7 @@ def _train_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tenso
             if state.config.binarize == "dynamic":
                 x = torch.bernoulli(x, generator=state.binarizer)
             y = labels[chosen] if labels is not None else None
-            terms = _step(state, x, y, epoch, batch, _kl_weight_now(state))
+            terms = _step(state, x, y, epoch, batch, _kl_weight_now(state), board)
             progress.totals.add(terms)
             bar.update()
             if show and state.step % 50 == 0:
@@ -342,7 +356,7 @@ def learning_rate(config: Config, step: int, total_steps: int) -> float:
 
 
 def _step(state: TrainingState, x: torch.Tensor, y: torch.Tensor | None, epoch: int,
-          batch: int, kl_weight: float) -> dict[str, torch.Tensor]:
+          batch: int, kl_weight: float, board: Board | NoBoard) -> dict[str, torch.Tensor]:
     """One Adam step on the batch's mean objective; refuses to apply a non-finite update, and
     skips one whose gradient norm is above the run's skip threshold (VDVAE's outliers)."""
     config, network, optimizer = state.config, state.network, state.optimizer
@@ -373,6 +387,9 @@ def _step(state: TrainingState, x: torch.Tensor, y: torch.Tensor | None, epoch: 
     else:
         optimizer.step()
     state.step += 1
+    if config.logger != "none":  # every rank: the means are of the global batch
+        board.step(state.step, global_means(terms, count), optimizer.param_groups[0]["lr"],
+                   grad_norm.item())
     return terms
 
 
