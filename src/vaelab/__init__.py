@@ -9,7 +9,7 @@ from importlib import import_module
 from .version import __version__
 
 _PUBLIC = {"Config": "config", "VAE": "models.vae", "Run": "runs", "load_run": "runs",
-           "train": "training", "resume": "training"}
+           "train": "training", "resume": "training", "from_pretrained": "export"}
 
 __all__ = [*_PUBLIC, "__version__"]
 

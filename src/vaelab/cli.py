@@ -132,6 +132,15 @@ def run_disentanglement(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    folder = export_run(args.run, args.folder, args.checkpoint, args.onnx, args.force)
+    print(f"exported {args.run} ({args.checkpoint}.pt) to {folder}: "
+          + ", ".join(sorted(path.name for path in folder.iterdir())))
+    return 0
+
+
 def run_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -250,7 +259,7 @@ class _StderrHandler(logging.StreamHandler):
 
 
 HANDLERS = {"train": run_train, "evaluate": run_evaluate, "explore": run_explore,
-            "disentanglement": run_disentanglement, "report": run_report,
+            "disentanglement": run_disentanglement, "report": run_report, "export": run_export,
             "figures": run_figures}
 
 

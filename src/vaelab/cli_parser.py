@@ -103,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fresh draws of each score, for its spread (default: 3)")
     scores.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     scores.set_defaults(handler="disentanglement")
+    export = commands.add_parser(
+        "export", help="write RUN's model as a Hugging Face-style folder: model.safetensors, "
+        "config.json, a model card (and the decoder as ONNX)",
+        description="Export a run's weights (safetensors), config and a model card into DIR; "
+                    "vaelab.from_pretrained(DIR) and every command that takes a run read it.")
+    export.add_argument("run", metavar="RUN", help="a run directory made by `vaelab train`")
+    export.add_argument("folder", metavar="DIR", help="the folder to write (new or empty)")
+    export.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="which checkpoint of the run to export (default: best)")
+    export.add_argument("--onnx", action="store_true",
+                        help="also write decoder.onnx: a code in, the picture E[x|z] out "
+                             "(needs vaelab[onnx])")
+    export.add_argument("--force", action="store_true",
+                        help="replace an export already in DIR")
+    export.set_defaults(handler="export")
     report = commands.add_parser("report", help="write RUN/report.html with every figure")
     _add_run_arguments(report, out_help="folder for the figures (default RUN/figures)")
     report.set_defaults(handler="report")

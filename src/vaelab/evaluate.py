@@ -203,7 +203,7 @@ def write_evaluation(run_dir: str, samples: int = 5000, split: str = "test",
     with distributed.process_group(run.device, config.ddp_backend, config.ddp_timeout) as there:
         numbers = evaluate_run(run.model.to(there), images, samples, seed, show, exact,
                                chosen.labels)
-    result = {"split": split, "checkpoint": checkpoint, "epoch": run.epoch,
+    result = {"split": split, "checkpoint": run.checkpoint, "epoch": run.epoch,
               "checkpoint_sha256": run.checkpoint_sha256,
               "dataset": config.data or config.dataset, "binarize": config.binarize,
               "model": config.model, "likelihood": config.likelihood,

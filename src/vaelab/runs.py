@@ -93,8 +93,15 @@ class Run:
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
              device: str | None = "cpu") -> Run:
-    """Rebuild a run's model from RUN_DIR/best.pt (or last.pt); device None = the run's own."""
+    """Rebuild a run's model from RUN_DIR/best.pt (or last.pt); device None = the run's own.
+    A folder written by `vaelab export` is read as the run it came from (export.py)."""
     path = Path(run_dir)
+    from .export import check_export_checkpoint, from_pretrained, is_export
+
+    if is_export(path):
+        run = from_pretrained(path, device)
+        check_export_checkpoint(run, checkpoint)
+        return run
     if not path.is_dir():
         raise CheckpointError(f"no run directory at {path}; train one with "
                               f"`vaelab train --out {path}`")

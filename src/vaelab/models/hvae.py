@@ -213,7 +213,7 @@ class HVAE(nn.Module):
     def _split(self, noise: torch.Tensor) -> list[torch.Tensor]:
         """(B, noise_size) -> each group's (B, c, h, w), top first."""
         parts = noise.split(list(self.group_sizes), -1)
-        return [part.reshape(len(noise), *shape) for part, shape in
+        return [part.reshape(noise.shape[0], *shape) for part, shape in
                 zip(parts, self.group_shapes)]
 
     def posterior_pass(self, x: torch.Tensor, y: torch.Tensor | None, noise: torch.Tensor | None
@@ -237,7 +237,7 @@ class HVAE(nn.Module):
             log_prior = -0.5 * ((z - mu_p) * torch.exp(-log_p)).pow(2) - log_p
             return z, {"kl": kl, "log_ratio": (log_prior - log_q).flatten(1).sum(1)}
 
-        return self.top_down(len(x), y, choose)
+        return self.top_down(x.shape[0], y, choose)
 
     def prior_pass(self, noise: torch.Tensor, temperature: float, y: torch.Tensor | None,
                    code: torch.Tensor | None = None) -> torch.Tensor:
@@ -251,7 +251,7 @@ class HVAE(nn.Module):
                 return (code.reshape(mu_p.shape) if g == 0 else mu_p), None
             return mu_p + temperature * torch.exp(log_p) * eps[g], None
 
-        return self.top_down(len(noise), y, choose)[0]
+        return self.top_down(noise.shape[0], y, choose)[0]
 
     # ---- the interface (models/interface.py) ---------------------------------------------
 
@@ -300,7 +300,7 @@ class HVAE(nn.Module):
         return self.group_means(x, labels)[0]
 
     def decode(self, code: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        placeholder = code.new_zeros(len(code), self.noise_size)
+        placeholder = code.new_zeros(code.shape[0], self.noise_size)
         return self.prior_pass(placeholder, 0.0, self.condition(labels), code)
 
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None,
