@@ -75,6 +75,16 @@ def conditional_run(data_dir, tmp_path_factory) -> Path:
     return train(config, tmp_path_factory.mktemp("runs") / "conditional", progress=False)
 
 
+@pytest.fixture(scope="session")
+def small_hvae_run(data_dir, tmp_path_factory) -> Path:
+    """A small hierarchical VAE, one epoch of 128 images: a second family, quickly."""
+    from vaelab import train
+
+    config = Config(data_dir=str(data_dir), model="hvae", hvae_channels=16, limit_train=128,
+                    limit_val=64, epochs=1, device="cpu")
+    return train(config, tmp_path_factory.mktemp("runs") / "hvae", progress=False)
+
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import cli, sha256
 
-from vaelab import Config, from_pretrained, load_run, train
+from vaelab import from_pretrained, load_run
 from vaelab.checkpoint import load_checkpoint
 from vaelab.evaluate import write_evaluation
 from vaelab.export import CARD, EXPORT_FILES, ONNX_FILE, PICTURE, WEIGHTS, export_run
@@ -148,14 +148,7 @@ def _foreign_weights(folder: Path) -> None:
 
 # ---- ONNX --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def hvae_run(data_dir, tmp_path_factory) -> Path:
-    config = Config(data_dir=str(data_dir), model="hvae", hvae_channels=16, limit_train=128,
-                    limit_val=64, epochs=1, device="cpu")
-    return train(config, tmp_path_factory.mktemp("hvae") / "run", progress=False)
-
-
-@pytest.mark.parametrize("which", ["trained_run", "conditional_run", "hvae_run"])
+@pytest.mark.parametrize("which", ["trained_run", "conditional_run", "small_hvae_run"])
 def test_the_onnx_decoder_matches_pytorch(which, request, tmp_path):
     """onnxruntime's float32 pictures are as close to the float64 decoder's as PyTorch's own
     float32 ones are, up to a factor for other kernels' summation orders (8), and never held

@@ -141,6 +141,13 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs
+
+    print(f"comparison: {compare_runs(args.runs, args.out, args.checkpoint, args.data_dir)}")
+    return 0
+
+
 def run_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -260,6 +267,7 @@ class _StderrHandler(logging.StreamHandler):
 
 HANDLERS = {"train": run_train, "evaluate": run_evaluate, "explore": run_explore,
             "disentanglement": run_disentanglement, "report": run_report, "export": run_export,
+            "compare": run_compare,
             "figures": run_figures}
 
 

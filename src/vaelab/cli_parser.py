@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true",
                         help="replace an export already in DIR")
     export.set_defaults(handler="export")
+    compare = commands.add_parser(
+        "compare", help="runs side by side in one HTML page: settings, metrics, curves, "
+        "reconstructions and samples", description="Write one self-contained HTML page "
+        "comparing two or more runs (or exported folders), of any families and data.")
+    compare.add_argument("runs", metavar="RUN", nargs="+", help="two or more run directories")
+    compare.add_argument("--out", metavar="FILE", default="compare.html",
+                         help="the page to write (default: compare.html here)")
+    compare.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                         help="which checkpoint of each run (default: best)")
+    compare.add_argument("--data-dir", help="where the runs' IDX files lie, if they moved")
+    compare.set_defaults(handler="compare")
     report = commands.add_parser("report", help="write RUN/report.html with every figure")
     _add_run_arguments(report, out_help="folder for the figures (default RUN/figures)")
     report.set_defaults(handler="report")

@@ -233,6 +233,27 @@ def curves(metrics: list[dict[str, float]]) -> Figure:
     return figure
 
 
+def compared_curves(runs: dict[str, list[dict[str, float]]]) -> Figure:
+    """Several runs' curves overlaid, one colour each: negative ELBO, reconstruction and KL
+    per epoch, validation solid and training dashed."""
+    figure = Figure(figsize=(12, 3.6), dpi=DPI, layout="constrained")
+    for axes, part, name in zip(figure.subplots(1, 3), ("loss", "recon", "kl"),
+                                ("negative ELBO", "reconstruction", "KL")):
+        for index, (label, metrics) in enumerate(runs.items()):
+            epochs = [row["epoch"] for row in metrics]
+            colour = f"C{index % 10}"
+            axes.plot(epochs, [row[f"val_{part}"] for row in metrics], "o-", color=colour,
+                      label=label, markersize=3)  # a marker: a one-epoch run is a point
+            axes.plot(epochs, [row[f"train_{part}"] for row in metrics], "o--", color=colour,
+                      markersize=3)
+        axes.set_title(f"{name} (nats / image)")
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return figure
+
+
 def _group_curves(axes, epochs: list[int], metrics: list[dict[str, float]],
                   names: list[str], title: str, label) -> None:
     for name in names:

@@ -55,7 +55,7 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | None = None,
 
 # ---- HTML ----------------------------------------------------------------------------------
 
-_CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}table{border-collapse:collapse;
 margin:1em 0}td,th{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:right}
 th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}img{max-width:100%;
@@ -114,9 +114,9 @@ def render_html(run: Run, figures: dict[str, Path], captions: dict[str, str]) ->
     last = run.metrics[-1] if run.metrics else {}
     shape = "x".join(map(str, run.model.shape))
     sections = [
-        f"<h1>vaelab run <code>{_e(run.path.name)}</code></h1>",
-        f"<p class=sub>{_e(run.config.data or run.config.dataset)} ({shape} images, "
-        f"{_e(run.model.summary)}), {run.epoch} epochs, "
+        f"<h1>vaelab run <code>{escaped(run.path.name)}</code></h1>",
+        f"<p class=sub>{escaped(run.config.data or run.config.dataset)} ({shape} images, "
+        f"{escaped(run.model.summary)}), {run.epoch} epochs, "
         f"{count_parameters(run.model):,} parameters, written "
         f"{datetime.now():%Y-%m-%d %H:%M}. Final validation loss "
         f"{last.get('val_loss', float('nan')):.2f} nats per image.</p>",
@@ -124,30 +124,30 @@ def render_html(run: Run, figures: dict[str, Path], captions: dict[str, str]) ->
     if run.config.data is None and run.config.dataset == "mnist":
         sections += ["<h2>Against the reference notebook</h2>", _reference_table(run)]
     sections += ["<h2>Per epoch</h2>", _metrics_table(run)]
-    sections += _evaluation_section(run)
+    sections += evaluation_section(run)
     sections += _disentanglement_section(run)
     for name, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode()
         sections.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
-                        f"<figcaption>{_e(captions.get(name, name))}</figcaption></figure>")
+                        f"<figcaption>{escaped(captions.get(name, name))}</figcaption></figure>")
     sections += ["<h2>Config</h2>", _dict_table(run.config.to_dict())]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>vaelab "
-            f"{_e(run.path.name)}</title><style>{_CSS}</style></head><body>"
+            f"{escaped(run.path.name)}</title><style>{CSS}</style></head><body>"
             + "\n".join(sections) + "</body></html>\n")
 
 
-def _e(value: object) -> str:
+def escaped(value: object) -> str:
     return html.escape(str(value))
 
 
-def _table(header: list[str], rows: list[list[object]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+def html_table(header: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{escaped(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _cell(value: object) -> str:
-    return f"{value:.2f}" if isinstance(value, float) else _e(value)
+    return f"{value:.2f}" if isinstance(value, float) else escaped(value)
 
 
 def _reference_table(run: Run) -> str:
@@ -161,7 +161,7 @@ def _reference_table(run: Run) -> str:
                      mine.get("val_loss", "—")])
     note = ("<p>Seed convention: each batch's summed loss averaged over batches; "
             "nats per image = that × batches / images.</p>")
-    return note + _table(["epoch", "seed train", "seed val", "ours train", "ours val",
+    return note + html_table(["epoch", "seed train", "seed val", "ours train", "ours val",
                           "seed train nats/img", "seed val nats/img", "ours train nats/img",
                           "ours val nats/img"], rows)
 
@@ -170,10 +170,10 @@ def _metrics_table(run: Run) -> str:
     named = term_columns(run.metrics[0]) if run.metrics else []
     columns = ["epoch", "train_loss", "val_loss", "val_recon", "val_kl", *named,
                "train_batch_loss", "val_batch_loss", "epoch_seconds"]
-    return _table(columns, [[row[c] for c in columns] for row in run.metrics])
+    return html_table(columns, [[row[c] for c in columns] for row in run.metrics])
 
 
-def _fresh(run: Run, path: Path) -> dict | None:
+def fresh_result(run: Run, path: Path) -> dict | None:
     """A measurement's JSON if it measured the very checkpoint file the run has now (a run
     replaced with --force, or trained further, has another); else None."""
     try:
@@ -190,33 +190,33 @@ def _disentanglement_section(run: Run) -> list[str]:
     path = run.path / SCORES_FILE
     if not path.is_file():
         return []
-    result = _fresh(run, path)
+    result = fresh_result(run, path)
     if result is None:
-        return ["<h2>Disentanglement</h2>", f"<p>{_e(path.name)} scored a checkpoint this run "
-                f"no longer has; run <code>vaelab disentanglement {_e(run.path)}</code> "
+        return ["<h2>Disentanglement</h2>", f"<p>{escaped(path.name)} scored a checkpoint this run "
+                f"no longer has; run <code>vaelab disentanglement {escaped(run.path)}</code> "
                 "again.</p>"]
     protocol = result["protocol"]
-    caption = (f"<p>Against the data's factors ({_e(', '.join(result['factors']))}), "
-               f"{_e(result['checkpoint'])}.pt (epoch {result['epoch']}); each score the mean "
+    caption = (f"<p>Against the data's factors ({escaped(', '.join(result['factors']))}), "
+               f"{escaped(result['checkpoint'])}.pt (epoch {result['epoch']}); each score the mean "
                f"and sd of {protocol['repeats']} draws of {protocol['train_points']:,} "
                f"training and {protocol['test_points']:,} test points.</p>")
     rows = [[f"{metric} {name}", value["mean"], value["sd"]]
             for metric, values in result["scores"].items() for name, value in values.items()]
-    return ["<h2>Disentanglement</h2>", caption, _table(["score", "mean", "sd"], rows)]
+    return ["<h2>Disentanglement</h2>", caption, html_table(["score", "mean", "sd"], rows)]
 
 
-def _evaluation_section(run: Run) -> list[str]:
+def evaluation_section(run: Run) -> list[str]:
     """eval.json, shown only if it measured the very checkpoint file the run has now (a run
     replaced with --force, or trained further, has another)."""
     path = eval_path(run.path, "test")
     if not path.is_file():
         return []
-    result = _fresh(run, path)
+    result = fresh_result(run, path)
     if result is None:
-        return ["<h2>Evaluation</h2>", f"<p>{_e(path.name)} measured a checkpoint this run no "
-                f"longer has; run <code>vaelab evaluate {_e(run.path)}</code> again.</p>"]
-    caption = (f"<p>{result['images']:,} {_e(result['split'])} images, "
-               f"{_e(targets(result['binarize']))}, {_e(result['checkpoint'])}.pt "
+        return ["<h2>Evaluation</h2>", f"<p>{escaped(path.name)} measured a checkpoint this run no "
+                f"longer has; run <code>vaelab evaluate {escaped(run.path)}</code> again.</p>"]
+    caption = (f"<p>{result['images']:,} {escaped(result['split'])} images, "
+               f"{escaped(targets(result['binarize']))}, {escaped(result['checkpoint'])}.pt "
                f"(epoch {result['epoch']}), "
                f"K = {result['iw_samples']:,} importance samples per image.</p>")
     rows = [[f"−log p(x), importance-weighted (K = {result['iw_samples']:,})", result["nll"],
@@ -228,9 +228,9 @@ def _evaluation_section(run: Run) -> list[str]:
                         result["exact_nll_stderr"]])
     if "pixel_entropy" in result:
         rows.append(["grayscale floor (pixel entropy)", result["pixel_entropy"], "—"])
-    table = _table(["nats per image", "mean", "± standard error"], rows)
+    table = html_table(["nats per image", "mean", "± standard error"], rows)
     if result.get("density_of_8bit"):
-        table += _table(["bits per dimension", "mean", "± standard error"], [
+        table += html_table(["bits per dimension", "mean", "± standard error"], [
             ["−log p(x), importance-weighted", f"{result['nll_bits_per_dim']:.4f}",
              f"{result['nll_bits_per_dim_stderr']:.4f}"],
             ["−ELBO", f"{result['neg_elbo_bits_per_dim']:.4f}", "—"]])
@@ -248,4 +248,4 @@ def _evaluation_section(run: Run) -> list[str]:
 
 
 def _dict_table(values: dict) -> str:
-    return _table(["setting", "value"], [[k, str(v)] for k, v in values.items()])
+    return html_table(["setting", "value"], [[k, str(v)] for k, v in values.items()])
