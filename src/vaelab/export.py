@@ -61,6 +61,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _write_folder(run, staging, onnx)
+        _usual_permissions(staging)
         _put_in_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -77,6 +78,16 @@ def _check_target(target: Path, force: bool) -> None:
                           "choose another folder")
     if not is_export(target) and any(target.iterdir()):
         raise VaelabError(f"{target} holds other files; export into a new or empty folder")
+
+
+def _usual_permissions(folder: Path) -> None:
+    """mkdtemp (and safetensors) create private files; an export is for sharing: the modes a
+    new folder and new files get under the user's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~mask)
 
 
 def _put_in_place(staging: Path, target: Path) -> None:
