@@ -6,6 +6,7 @@ PyTorch in onnxruntime."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -44,6 +45,10 @@ def test_the_folder_holds_the_weights_config_card_and_picture(exported, trained_
     assert card.startswith("---\nlibrary_name: vaelab\n") and f"]({PICTURE})" in card
     last = load_run(trained_run).metrics[-1]["val_loss"]
     assert f"| {last:.2f} |" in card
+    mask = os.umask(0)
+    os.umask(mask)
+    assert exported.stat().st_mode & 0o777 == 0o777 & ~mask  # shareable, not mkdtemp's 0700
+    assert all(path.stat().st_mode & 0o777 == 0o666 & ~mask for path in exported.iterdir())
 
 
 def test_loads_without_the_run_and_samples_what_the_run_samples(exported, trained_run,
