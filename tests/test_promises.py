@@ -118,10 +118,12 @@ def test_report_out_writes_everything_there_and_nothing_into_the_run(capsys, tra
 @pytest.mark.parametrize("command", COMMANDS)
 def test_an_unknown_device_is_one_line_in_every_command(capsys, trained_run, tmp_path, command,
                                                         device):
-    where = ["--out", tmp_path / "new"] if command == "train" else [trained_run]
+    where = {"train": ["--out", tmp_path / "new"], "export": [trained_run, tmp_path / "new"]
+             }.get(command, [trained_run])
     code, _, err = cli(capsys, command, *where, "--device", device)
     assert code == 1
     one_line_error(err, repr(device), "--device")
+    assert not (tmp_path / "new").exists()
 
 
 def hooked(target, action, *args, timeout=120):

@@ -135,7 +135,8 @@ def run_disentanglement(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
-    folder = export_run(args.run, args.folder, args.checkpoint, args.onnx, args.force)
+    folder = export_run(args.run, args.folder, args.checkpoint, args.onnx, args.force,
+                        args.device or "cpu")
     print(f"exported {args.run} ({args.checkpoint}.pt) to {folder}: "
           + ", ".join(sorted(path.name for path in folder.iterdir())))
     return 0
@@ -144,7 +145,8 @@ def run_export(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from .compare import compare_runs
 
-    print(f"comparison: {compare_runs(args.runs, args.out, args.checkpoint, args.data_dir)}")
+    page = compare_runs(args.runs, args.out, args.checkpoint, args.data_dir, args.device or "cpu")
+    print(f"comparison: {page}")
     return 0
 
 

@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(needs vaelab[onnx])")
     export.add_argument("--force", action="store_true",
                         help="replace an export already in DIR")
+    export.add_argument("--device", help="where to draw the card's samples (default: cpu)")
     export.set_defaults(handler="export")
     compare = commands.add_parser(
         "compare", help="runs side by side in one HTML page: settings, metrics, curves, "
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--checkpoint", choices=("best", "last"), default="best",
                          help="which checkpoint of each run (default: best)")
     compare.add_argument("--data-dir", help="where the runs' IDX files lie, if they moved")
+    compare.add_argument("--device", help="where to compute (default: cpu)")
     compare.set_defaults(handler="compare")
     report = commands.add_parser("report", help="write RUN/report.html with every figure")
     _add_run_arguments(report, out_help="folder for the figures (default RUN/figures)")

@@ -20,6 +20,7 @@ import torch
 
 from . import generate, plots
 from .checkpoint import atomic_open
+from .config import resolve_device
 from .data import Split, to_float
 from .errors import VaelabError
 from .figures import ink
@@ -32,15 +33,17 @@ DEFAULT_OUT = "compare.html"
 
 
 def compare_runs(run_dirs: list[str], out: str | os.PathLike = DEFAULT_OUT,
-                 checkpoint: str = "best", data_dir: str | None = None) -> Path:
+                 checkpoint: str = "best", data_dir: str | None = None, device: str = "cpu"
+                 ) -> Path:
     """Load every run (any defect is one line, before anything is written), then write the
     page atomically to `out`."""
+    resolve_device(device)  # a flag's error first, whatever else is wrong
     if len(run_dirs) < 2:
         raise VaelabError(f"compare needs at least two runs, got {len(run_dirs)}: vaelab "
                           "compare RUN RUN [RUN...]")
     if len(run_dirs) > len(string.ascii_uppercase):
         raise VaelabError(f"compare takes at most 26 runs, got {len(run_dirs)}")
-    runs = [load_run(path, checkpoint, "cpu") for path in run_dirs]
+    runs = [load_run(path, checkpoint, device) for path in run_dirs]
     letters = list(string.ascii_uppercase[:len(runs)])
     page = render(runs, letters, data_dir)
     path = Path(out)

@@ -27,28 +27,20 @@ from typing import Any
 
 import torch
 
-from .checkpoint import file_sha256, load_weights
-from .config import Config, resolve_device
-from .errors import CheckpointError, VaelabError
-from .models import build_model
-from .runs import CONFIG_FILE, METRICS_FILE, Run, eval_path, load_run, read_metrics
+from .checkpoint import file_sha256
+from .errors import VaelabError
+from .pretrained import DESCRIPTION, FORMAT, FORMAT_VERSION, WEIGHTS, is_export
+from .runs import METRICS_FILE, Run, eval_path, load_exported, load_run
 from .version import __version__
 
-FORMAT = "vaelab-export"
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
 CARD = "README.md"
 PICTURE = "samples.png"
 ONNX_FILE = "decoder.onnx"
-EXPORT_FILES = (WEIGHTS, CONFIG_FILE, CARD, PICTURE, METRICS_FILE, ONNX_FILE)
-
-
-def is_export(path: Path) -> bool:
-    return (path / WEIGHTS).is_file()
+EXPORT_FILES = (WEIGHTS, DESCRIPTION, CARD, PICTURE, METRICS_FILE, ONNX_FILE)
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "best",
-               onnx: bool = False, force: bool = False) -> Path:
+               onnx: bool = False, force: bool = False, device: str = "cpu") -> Path:
     """Write RUN's model into the folder `out`; returns it. Everything is written into a
     temporary folder beside `out` first and moved into place at the end, so a failure leaves
     `out` as it was."""
@@ -56,7 +48,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
     _check_target(target, force)
     if onnx:
         _require_onnx()
-    run = load_run(run_dir, checkpoint, "cpu")
+    run = load_run(run_dir, checkpoint, device)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -112,7 +104,7 @@ def _write_folder(run: Run, folder: Path, onnx: bool) -> None:
     weights = {name: tensor.detach().cpu().contiguous().clone()
                for name, tensor in run.model.state_dict().items()}
     save_file(weights, folder / WEIGHTS, metadata={"format": FORMAT})
-    (folder / CONFIG_FILE).write_text(json.dumps(_description(run, folder), indent=2) + "\n")
+    (folder / DESCRIPTION).write_text(json.dumps(_description(run, folder), indent=2) + "\n")
     if (run.path / METRICS_FILE).is_file():
         shutil.copy(run.path / METRICS_FILE, folder / METRICS_FILE)
     plots.save(figure_samples(run, 16), folder / PICTURE)
@@ -130,66 +122,9 @@ def _description(run: Run, folder: Path) -> dict[str, Any]:
 
 
 def from_pretrained(folder: str | os.PathLike, device: str | None = "cpu") -> Run:
-    """The model of an exported folder, as a Run (its `path` the folder); device None = the
-    config's own. Any defect of the folder is a one-line CheckpointError."""
-    path = Path(folder)
-    description = _read_description(path)
-    try:
-        config = Config.from_dict(description["config"])
-    except (VaelabError, TypeError) as err:
-        raise CheckpointError(f"{path / CONFIG_FILE}: its config is not valid for this vaelab "
-                              f"({err})") from None
-    model = build_model(config)
-    load_weights(model, {"model": _read_weights(path, description),
-                         "vaelab_version": description.get("vaelab_version")}, path / WEIGHTS)
-    target = resolve_device(device or config.device)
-    model.to(target, memory_format=config.torch_memory_format).eval()
-    return Run(path, config, model, description["epoch"], read_metrics(path), target,
-               description["source"]["checkpoint"], description["weights_sha256"],
-               description["data"])
-
-
-def _read_description(path: Path) -> dict[str, Any]:
-    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS).is_file():
-        raise CheckpointError(f"{path} is not an exported vaelab model (it needs {WEIGHTS} and "
-                              f"{CONFIG_FILE}); write one with `vaelab export RUN {path}`")
-    try:
-        description = json.loads((path / CONFIG_FILE).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path / CONFIG_FILE} is damaged: not JSON ({err})") from None
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise CheckpointError(f"{path / CONFIG_FILE} was not written by `vaelab export` (no "
-                              f"'{FORMAT}' marker); vaelab loads only its own exports")
-    if description.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: export format {description.get('format_version')} "
-                              f"(vaelab {description.get('vaelab_version')}); this vaelab "
-                              f"reads format {FORMAT_VERSION}")
-    missing = [key for key in ("config", "data", "epoch", "weights_sha256", "source")
-               if key not in description]
-    if missing:
-        raise CheckpointError(f"{path / CONFIG_FILE} lacks {', '.join(missing)}; it is damaged: "
-                              "export the run again")
-    return description
-
-
-def _read_weights(path: Path, description: dict[str, Any]) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    file = path / WEIGHTS
-    if file_sha256(file) != description["weights_sha256"]:
-        raise CheckpointError(f"{file} is damaged: its SHA-256 is not the one {CONFIG_FILE} "
-                              "records; export the run again")
-    try:
-        return load_file(file)
-    except Exception as err:  # noqa: BLE001 - safetensors' own error types vary by version
-        raise CheckpointError(f"{file} is not a readable safetensors file ({err})") from None
-
-
-def check_export_checkpoint(run: Run, asked: str) -> None:
-    """An exported folder holds one checkpoint's weights: asking for the other is refused."""
-    if asked != run.checkpoint:
-        raise CheckpointError(f"{run.path} holds the weights of the run's {run.checkpoint}.pt "
-                              f"only; drop --checkpoint {asked}")
+    """The model of a folder written by `vaelab export`, as a Run (its `path` the folder);
+    device None = the config's own. Reads JSON and safetensors only (pretrained.py)."""
+    return load_exported(Path(folder), device)
 
 
 # ---- ONNX ----------------------------------------------------------------------------------
@@ -220,10 +155,11 @@ def export_decoder(model: torch.nn.Module, path: Path) -> None:
 
     decoder = _Decoder(model).eval()
     batch = torch.export.Dim("n", min=1)
-    inputs = (torch.zeros(2, model.code_dim),)
+    device = next(model.parameters()).device
+    inputs = (torch.zeros(2, model.code_dim, device=device),)
     names, shapes = ["code"], {"code": {0: batch}}
     if model.classes:
-        inputs += (torch.zeros(2, dtype=torch.long),)
+        inputs += (torch.zeros(2, dtype=torch.long, device=device),)
         names.append("label")
         shapes["label"] = {0: batch}
     with warnings.catch_warnings():  # that `label` shares the axis `n` is what we meant

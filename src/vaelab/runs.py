@@ -26,6 +26,7 @@ from .data import Split, validation_split
 from .errors import CheckpointError, DamagedCheckpoint, VaelabError
 from .generate import class_index
 from .models import build_model
+from .pretrained import is_export, read_export
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 REPORT = "report.html"
 FIGURES = "figures"
-TENSORBOARD = "tensorboard"  # --log tensorboard's event files (board.py)
+TENSORBOARD = "tensorboard"  # --logger tensorboard's event files (board.py)
 EVAL_FILES = {"test": "eval.json", "train": "eval-train.json"}  # by `vaelab evaluate --split`
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, REPORT, *EVAL_FILES.values())
 LOCK = ".lock"
@@ -96,11 +97,11 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     """Rebuild a run's model from RUN_DIR/best.pt (or last.pt); device None = the run's own.
     A folder written by `vaelab export` is read as the run it came from (export.py)."""
     path = Path(run_dir)
-    from .export import check_export_checkpoint, from_pretrained, is_export
-
     if is_export(path):
-        run = from_pretrained(path, device)
-        check_export_checkpoint(run, checkpoint)
+        run = load_exported(path, device)
+        if checkpoint != run.checkpoint:  # it holds one checkpoint's weights
+            raise CheckpointError(f"{path} holds the weights of the run's {run.checkpoint}.pt "
+                                  f"only; drop --checkpoint {checkpoint}")
         return run
     if not path.is_dir():
         raise CheckpointError(f"no run directory at {path}; train one with "
@@ -116,6 +117,15 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     model.to(target, memory_format=config.torch_memory_format).eval()
     return Run(path, config, model, payload["epoch"], read_metrics(path), target, checkpoint,
                payload["sha256"], payload.get("data"))
+
+
+def load_exported(folder: Path, device: str | None = "cpu") -> Run:
+    """A folder written by `vaelab export` (read by pretrained.py) as a Run."""
+    exported = read_export(folder)
+    target = resolve_device(device or exported.config.device)
+    model = exported.model.to(target, memory_format=exported.config.torch_memory_format)
+    return Run(folder, exported.config, model, exported.epoch, read_metrics(folder), target,
+               exported.checkpoint, exported.weights_sha256, exported.data)
 
 
 def validation_of(run: Run, data_dir: str | os.PathLike | None = None,

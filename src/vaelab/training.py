@@ -74,7 +74,7 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
     run_dir = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     device = resolve_device(config.device)
     distributed.check_batch(config.batch_size)
-    _check_log(config)
+    _check_logger(config)
     with distributed.process_group(device, config.ddp_backend, config.ddp_timeout) as device:
         distributed.from_writer(lambda: _refuse_existing(run_dir, force))
         config = _absolute_data(config)
@@ -90,7 +90,7 @@ def train(config: Config, out: str | Path | None = None, *, force: bool = False,
     return run_dir
 
 
-def _check_log(config: Config) -> None:
+def _check_logger(config: Config) -> None:
     if config.logger == "tensorboard":
         require_tensorboard()
 
@@ -132,7 +132,7 @@ def resume(run_dir: str | Path, *, progress: bool | None = None,
     config = _resumed_config(payload, run_dir, changes)
     device = resolve_device(config.device)
     distributed.check_batch(config.batch_size)
-    _check_log(config)
+    _check_logger(config)
     with distributed.process_group(device, config.ddp_backend, config.ddp_timeout) as device, \
             distributed.writer_holds(lambda: run_lock(run_dir)):
         if distributed.is_writer():
