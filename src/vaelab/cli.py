@@ -132,6 +132,23 @@ def run_disentanglement(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_prior(args: argparse.Namespace) -> int:
+    from .prior import train_prior
+
+    header = f"{'epoch':>5}  {'train_nll':>10}  {'val_nll':>9}  {'bits/code':>9}  {'seconds':>7}"
+    print(header)
+
+    def print_row(row: dict[str, float]) -> None:
+        print(f"{row['epoch']:>5}  {row['train_nll']:>10.2f}  {row['val_nll']:>9.2f}  "
+              f"{row['val_bits_per_code']:>9.3f}  {row['seconds']:>7.1f}", flush=True)
+
+    path = train_prior(args.run, args.epochs, args.lr, args.batch_size, args.channels,
+                       args.layers, args.seed, args.force, args.data_dir, args.device,
+                       print_row)
+    print(f"prior saved in {path} (nats per code map; sample with `vaelab sample {args.run}`)")
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
@@ -269,7 +286,7 @@ class _StderrHandler(logging.StreamHandler):
 
 HANDLERS = {"train": run_train, "evaluate": run_evaluate, "explore": run_explore,
             "disentanglement": run_disentanglement, "report": run_report, "export": run_export,
-            "compare": run_compare,
+            "compare": run_compare, "train_prior": run_train_prior,
             "figures": run_figures}
 
 

@@ -103,6 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fresh draws of each score, for its spread (default: 3)")
     scores.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     scores.set_defaults(handler="disentanglement")
+    prior = commands.add_parser(
+        "train-prior", help="vqvae, fsq: train the PixelCNN prior over RUN's code maps (or "
+        "continue it) into RUN/prior.pt, which sampling needs",
+        description="Train a PixelCNN over the code maps of RUN's best.pt (its training "
+                    "images, encoded once); one checkpoint per epoch, continued by running "
+                    "the command again with a larger --epochs.")
+    prior.add_argument("run", metavar="RUN", help="a vqvae or fsq run directory")
+    prior.add_argument("--epochs", type=int, default=20, help="epochs in all (default: 20)")
+    prior.add_argument("--lr", type=float, default=1e-3, help="Adam's rate (default: 1e-3)")
+    prior.add_argument("--batch-size", type=int, default=64, help="code maps per step "
+                       "(default: 64)")
+    prior.add_argument("--channels", type=int, default=64, help="the PixelCNN's width "
+                       "(default: 64)")
+    prior.add_argument("--layers", type=int, default=6, help="its masked layers after the "
+                       "first (default: 6)")
+    prior.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    prior.add_argument("--force", action="store_true",
+                       help="replace a prior RUN already has, rather than continue it")
+    prior.add_argument("--data-dir", help="where the run's IDX files lie, if they moved")
+    prior.add_argument("--device", help="where to compute (default: the run's own device)")
+    prior.set_defaults(handler="train_prior")
     export = commands.add_parser(
         "export", help="write RUN's model as a Hugging Face-style folder: model.safetensors, "
         "config.json, a model card (and the decoder as ONNX)",

@@ -59,11 +59,12 @@ class Config:
     val_fraction: float = setting(
         0.1, "share of each class held out for validation, chosen with --seed, when the data "
         "bring no val/ (or test/) split; 10% keeps most images for training")
-    model: Literal["vae", "hvae", "beta-tcvae", "factorvae", "capacity"] = setting(
+    model: Literal["vae", "hvae", "beta-tcvae", "factorvae", "capacity", "vqvae", "fsq"] = setting(
         "vae", "the model family: vae, the reference's single-level VAE (with --beta, the "
         "beta-VAE); hvae, a top-down hierarchy of latent groups at several resolutions; "
         "beta-tcvae, factorvae, capacity: disentangling VAEs that penalize the total "
-        "correlation or hold the KL to a rising capacity (models/)")
+        "correlation or hold the KL to a rising capacity; vqvae, fsq: discrete codes, sampled "
+        "through a prior trained afterwards (vaelab train-prior) (models/)")
     arch: Literal["conv", "resnet", "locatello"] = setting(
         "conv", "conv: the reference's network (other sizes get one stride-2 stage per halving); "
         "resnet: a wider residual network, for colour images; locatello: the disentanglement "
@@ -141,6 +142,18 @@ class Config:
         "100,000, Burgess et al.'s")
     capacity_gamma: float = setting(
         1000.0, "capacity: weight on |KL - target|; 1000, Burgess et al.'s")
+    discrete_channels: int = setting(
+        64, "vqvae, fsq: channels of the encoder's and decoder's convolutions")
+    codebook_size: int = setting(
+        512, "vqvae: entries of the codebook, K; 512, as van den Oord et al.'s CIFAR-10 model")
+    code_dim: int = setting(64, "vqvae: channels of each code vector, D")
+    vqvae_dead_codes: Literal["reseed", "keep"] = setting(
+        "reseed", "vqvae: what happens to a codebook entry the encoder stopped using: reseed "
+        "it with the worst-quantized encoder output (the cure for codebook collapse), or keep "
+        "it, unused (the paper's training, for contrast)")
+    levels: str = setting(
+        "8,5,5,5", "fsq: the levels of each code channel, comma-separated; 8,5,5,5 gives "
+        "1,000 codes, Mentzer et al.'s choice for about 2^10")
     grad_skip: float | None = setting(
         None, "skip an update whose gradient norm (of the per-image loss) exceeds this, as "
         "VDVAE does; unset = never. An epoch whose every update is skipped stops the run")
@@ -277,7 +290,10 @@ FAMILY_OPTIONS = {"vae": ("iw_train",),
                   "hvae": ("hvae_channels", "hvae_latent_channels", "hvae_groups"),
                   "beta-tcvae": ("tcvae_alpha", "tcvae_beta", "tcvae_gamma"),
                   "factorvae": ("factorvae_gamma", "factorvae_hidden"),
-                  "capacity": ("capacity_max", "capacity_steps", "capacity_gamma")}
+                  "capacity": ("capacity_max", "capacity_steps", "capacity_gamma"),
+                  ("vqvae", "fsq"): ("discrete_channels",),
+                  "vqvae": ("codebook_size", "code_dim", "vqvae_dead_codes"),
+                  "fsq": ("levels",)}
 
 
 def _check_family_options(c: Config) -> None:
@@ -289,6 +305,33 @@ def _check_family_options(c: Config) -> None:
                 _fail(name, getattr(c, name), f"an option of --model {' or '.join(families)}, "
                       f"and this run is --model {c.model}: drop it, or choose --model "
                       f"{families[0]}")
+
+
+def _check_discrete(c: Config) -> None:
+    if c.discrete_channels < 2:
+        _fail("discrete_channels", c.discrete_channels, "must be at least 2")
+    if c.codebook_size < 2:
+        _fail("codebook_size", c.codebook_size, "must be at least 2 codes")
+    parse_levels(c.levels)
+    if c.model != "vqvae" or c.train_images is None or c.height is None:
+        return
+    vectors = c.train_images * (c.height // 4) * (c.width // 4)  # a code map is a quarter
+    if c.codebook_size > vectors:
+        _fail("codebook_size", c.codebook_size, f"larger than the {vectors:,} code vectors the "
+              "training images give (a code per image position), so most entries could never "
+              "be used: choose a smaller codebook, or train on more images")
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """--levels "8,5,5,5" -> (8, 5, 5, 5); a one-line error for anything else."""
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        _fail("levels", text, "the levels of each channel as integers separated by commas, "
+              "e.g. 8,5,5,5")
+    if min(levels) < 2:
+        _fail("levels", text, "every channel needs at least 2 levels, e.g. 8,5,5,5")
+    return levels
 
 
 def network_of(config: Config) -> str:
@@ -347,7 +390,7 @@ def _check_values(c: Config) -> None:
         _fail("kl_warmup", c.kl_warmup, "must be >= 0 epochs")
     for name in ("latent_dim", "batch_size", "epochs", "iw_train", "mixture_components",
                  "hvae_channels", "hvae_latent_channels", "hvae_groups", "factorvae_hidden",
-                 "capacity_steps"):
+                 "capacity_steps", "code_dim"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "must be at least 1")
     for name in ("tcvae_alpha", "tcvae_beta", "tcvae_gamma", "factorvae_gamma", "capacity_max",
@@ -385,6 +428,7 @@ def _check_values(c: Config) -> None:
         if value is not None and not (math.isfinite(value) and value > 0):
             _fail(name, value, "must be a finite number > 0, or unset")
     _check_family_options(c)
+    _check_discrete(c)
     if not (math.isfinite(c.ddp_timeout) and c.ddp_timeout > 0):
         _fail("ddp_timeout", c.ddp_timeout, "must be a finite number of seconds > 0")
     if c.seed < 0:

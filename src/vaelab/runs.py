@@ -26,6 +26,7 @@ from .data import Split, validation_split
 from .errors import CheckpointError, DamagedCheckpoint, VaelabError
 from .generate import class_index
 from .models import build_model
+from .models.pixelcnn import prior_for
 from .pretrained import is_export, read_export
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,11 @@ METRICS_FILE = "metrics.csv"
 LAST = "last.pt"
 BEST = "best.pt"
 REPORT = "report.html"
+PRIOR = "prior.pt"  # a discrete autoencoder's prior over its codes (vaelab train-prior)
 FIGURES = "figures"
 TENSORBOARD = "tensorboard"  # --logger tensorboard's event files (board.py)
 EVAL_FILES = {"test": "eval.json", "train": "eval-train.json"}  # by `vaelab evaluate --split`
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, REPORT, *EVAL_FILES.values())
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, REPORT, PRIOR, *EVAL_FILES.values())
 LOCK = ".lock"
 TEMPORARY = ".*.tmp"  # atomic_open's files: left behind only by a process killed mid-write
 
@@ -115,8 +117,27 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     model = build_model(config)
     load_weights(model, payload, path)
     model.to(target, memory_format=config.torch_memory_format).eval()
-    return Run(path, config, model, payload["epoch"], read_metrics(path), target, checkpoint,
-               payload["sha256"], payload.get("data"))
+    run = Run(path, config, model, payload["epoch"], read_metrics(path), target, checkpoint,
+              payload["sha256"], payload.get("data"))
+    attach_prior(run)
+    return run
+
+
+def attach_prior(run: Run) -> None:
+    """RUN/prior.pt onto a discrete autoencoder, if it models this checkpoint's codes (another
+    checkpoint's codes mean other things: then sampling says to train it again)."""
+    path = run.path / PRIOR
+    if not getattr(run.model, "learns_prior", False) or not path.is_file():
+        return
+    payload = load_checkpoint(path)
+    if payload["autoencoder_sha256"] != run.checkpoint_sha256:
+        log.warning("%s models the codes of another checkpoint than %s.pt: not used (train it "
+                    "again with `vaelab train-prior %s --force`)", path, run.checkpoint,
+                    run.path)
+        return
+    prior = prior_for(run.model, payload["config"])
+    prior.load_state_dict(payload["model"])
+    run.model.prior = prior.to(run.device).eval()
 
 
 def load_exported(folder: Path, device: str | None = "cpu") -> Run:

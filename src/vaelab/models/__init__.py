@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 FAMILIES = {"vae": ("vae", "VAE"), "hvae": ("hvae", "HVAE"),
             "beta-tcvae": ("disentangling", "BetaTCVAE"),
             "factorvae": ("disentangling", "FactorVAE"),
-            "capacity": ("disentangling", "CapacityVAE")}
+            "capacity": ("disentangling", "CapacityVAE"),
+            "vqvae": ("discrete", "VQVAE"), "fsq": ("discrete", "FSQ")}
 
 __all__ = ["FAMILIES", "Objective", "build_model", "count_parameters", "family_class"]
 
