@@ -67,11 +67,12 @@ class Board:
         was_training = model.training
         model.eval()
         decoded = generate.reconstruct(model, self.images, labels=self.labels)
-        samples = generate.from_noise(model, self.noise, labels=self.sample_labels)
-        model.train(was_training)
         originals = self.images.float() / 255
         self.writer.add_image("reconstructions", _grid(torch.cat([originals, decoded])), step)
-        self.writer.add_image("samples", _grid(samples), step)
+        if generate.can_sample(model):  # a discrete autoencoder's prior comes after training
+            samples = generate.from_noise(model, self.noise, labels=self.sample_labels)
+            self.writer.add_image("samples", _grid(samples), step)
+        model.train(was_training)
         self.flush()
 
     def flush(self) -> None:

@@ -255,6 +255,11 @@ def add_figure_commands(commands) -> None:
     p.add_argument("--limit", type=float, default=3.0,
                    help="each unit goes from -L to L prior sds (default: 3)")
 
+    p = command("codes", "vqvae, fsq: validation images above their code maps, and how often "
+                "each code is used", lambda f, run, val, a: list(f.figure_codes(run, val, a.n)),
+                ["code_map", "code_usage"])
+    p.add_argument("--n", type=int, default=8, help="validation images (default: 8)")
+
     command("curves", "training curves from metrics.csv",
             lambda f, run, val, a: [f.figure_curves(run)], ["curves"])
 

@@ -167,6 +167,11 @@ def _reconstructions(runs: list[Run], letters: list[str], splits: list[Split]) -
 def _samples(runs: list[Run], letters: list[str]) -> list[str]:
     """The same prior noise through every decoder, where the priors take the same noise
     (as many numbers per sample) and the images have one shape; else each its own draw."""
+    unable = [letter for letter, run in zip(letters, runs) if not generate.can_sample(run.model)]
+    if unable:
+        return [f"<p>{escaped(', '.join(unable))} cannot sample yet (a discrete autoencoder "
+                "whose prior is not trained: <code>vaelab train-prior RUN</code>): no samples "
+                "are compared.</p>"]
     noise = [generate.prior_noise(run.model, PICTURES, seed=0) for run in runs]
     sizes = ", ".join(f"{letter}: {n.shape[1]}" for letter, n in zip(letters, noise))
     shapes = ", ".join(f"{letter}: {'x'.join(map(str, run.model.shape))}"

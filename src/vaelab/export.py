@@ -6,7 +6,8 @@ with `onnx`, the decoder as ONNX.
     DIR/config.json         the model's config, the data's shape and classes, the epoch, the
                             vaelab version, the weights' SHA-256 and where they came from
     DIR/README.md           the model card: what it is, its numbers, a picture, how to load it
-    DIR/samples.png         prior samples (the card's picture)
+    DIR/samples.png         prior samples (the card's picture; a discrete autoencoder without
+                            a trained prior shows reconstructions instead)
     DIR/metrics.csv         the run's metrics, epoch by epoch (so `vaelab curves` works)
     DIR/decoder.onnx        with --onnx: a code (and a class, for a conditional run) in,
                             the picture E[x|z] out
@@ -98,7 +99,6 @@ def _write_folder(run: Run, folder: Path, onnx: bool) -> None:
     from safetensors.torch import save_file
 
     from . import plots
-    from .figures import figure_samples
 
     # contiguous CPU copies: safetensors refuses shared or strided storage
     weights = {name: tensor.detach().cpu().contiguous().clone()
@@ -107,15 +107,28 @@ def _write_folder(run: Run, folder: Path, onnx: bool) -> None:
     (folder / DESCRIPTION).write_text(json.dumps(_description(run, folder), indent=2) + "\n")
     if (run.path / METRICS_FILE).is_file():
         shutil.copy(run.path / METRICS_FILE, folder / METRICS_FILE)
-    plots.save(figure_samples(run, 16), folder / PICTURE)
+    plots.save(_picture(run), folder / PICTURE)
     if onnx:
         export_decoder(run.model, folder / ONNX_FILE)
     (folder / CARD).write_text(model_card(run, onnx))
 
 
+def _picture(run: Run):
+    from . import generate
+    from .figures import figure_reconstructions, figure_samples
+    from .runs import validation_of
+
+    if generate.can_sample(run.model):
+        return figure_samples(run, 16)
+    return figure_reconstructions(run, validation_of(run), 8)
+
+
 def _description(run: Run, folder: Path) -> dict[str, Any]:
+    prior = getattr(run.model, "prior", None)  # a discrete autoencoder's, in the same file
+    settings = {"prior": {"channels": prior.embed.embedding_dim, "layers": len(prior.layers)}
+                } if prior is not None else {}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "vaelab_version": __version__,
-            "config": run.config.to_dict(), "data": run.data, "epoch": run.epoch,
+            **settings, "config": run.config.to_dict(), "data": run.data, "epoch": run.epoch,
             "weights_sha256": file_sha256(folder / WEIGHTS),
             "source": {"run": str(run.path.absolute()), "checkpoint": run.checkpoint,
                        "checkpoint_sha256": run.checkpoint_sha256}}
@@ -185,6 +198,8 @@ def _check_batch_axis(path: Path) -> None:
 # ---- the model card ------------------------------------------------------------------------
 
 def model_card(run: Run, onnx: bool) -> str:
+    from . import generate
+
     config, data = run.config, run.data or {}
     shape = "x".join(map(str, config.image_shape))
     classes = data.get("classes") or []
@@ -199,7 +214,8 @@ def model_card(run: Run, onnx: bool) -> str:
         f"{', conditional on ' + str(len(classes)) + ' classes' if config.conditional else ''}"
         f", with a {config.likelihood} likelihood, {config.epochs} epochs; these are the "
         f"weights of its {run.checkpoint}.pt (epoch {run.epoch}).", "",
-        f"![prior samples]({PICTURE})", "", "## Numbers", "",
+        f"![{'prior samples' if generate.can_sample(run.model) else 'reconstructions'}]"
+        f"({PICTURE})", "", "## Numbers", "",
         "| | nats per image |", "|---|---:|"]
     if rows:
         lines.append(f"| -ELBO on validation, last epoch ({rows[-1]['epoch']}) | "

@@ -87,7 +87,8 @@ def figure_samples(run: Run, n: int | None = None, temperature: float = 1.0, see
     _at_most_a_figure(n)
     images = generate.sample_prior(run.model, n, temperature, seed, index, pixels)
     of = f"class {run.classes[index]}" if index is not None else None
-    return plots.samples(images, temperature, ink(run), pixels, of)
+    return plots.samples(images, temperature, ink(run), pixels, of,
+                         generate.draw_text(run.model, temperature))
 
 
 def figure_analogies(run: Run, val: Split, n: int = 8) -> Figure:
@@ -192,6 +193,24 @@ def figure_traversals(run: Run, val: Split, n: int = 3, steps: int = 9, limit: f
             plots.unit_kl(kl))
 
 
+def figure_codes(run: Run, val: Split, n: int = 8) -> tuple[Figure, Figure]:
+    """A discrete autoencoder's code maps of `n` validation images, and how often each code
+    is used over the whole validation set."""
+    if not getattr(run.model, "learns_prior", False):
+        raise VaelabError(f"{run.path} is a --model {run.config.model} run: code maps are a "
+                          "discrete autoencoder's (--model vqvae or fsq)")
+    _at_least("--n", n, 1)
+    chosen = torch.linspace(0, len(val) - 1, min(n, len(val))).round().long()
+    maps = generate.code_maps(run.model, val.images[chosen], _labels(val, chosen))
+    counts = torch.zeros(run.model.codebook_size, dtype=torch.long)
+    for start in range(0, len(val), 1000):
+        labels = val.labels[start:start + 1000] if val.labels is not None else None
+        every = generate.code_maps(run.model, val.images[start:start + 1000], labels)
+        counts += torch.bincount(every.flatten(), minlength=len(counts))
+    return (plots.code_maps(to_float(val.images[chosen]), maps, run.model.codebook_size,
+                            ink(run)), plots.code_usage(counts))
+
+
 def figure_mutual_information(scores: dict) -> Figure:
     """From RUN/disentanglement.json: the units x factors mutual information."""
     return plots.mutual_information(scores["mutual_information"], scores["factor_entropy"],
@@ -206,8 +225,12 @@ def figure_curves(run: Run) -> Figure:
 
 def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
     """Every figure of a run at its defaults, by file stem."""
-    figures = {"curves": figure_curves(run), "reconstructions": figure_reconstructions(run, val),
-               "samples": figure_samples(run, seed=run.config.seed)}
+    figures = {"curves": figure_curves(run), "reconstructions": figure_reconstructions(run, val)}
+    if generate.can_sample(run.model):
+        figures["samples"] = figure_samples(run, seed=run.config.seed)
+    else:
+        log.warning("no samples: %s has no prior over its codes yet (vaelab train-prior %s)",
+                    run.path, run.path)
     try:
         figures["interpolation"] = figure_interpolation(run, val)
     except VaelabError as err:  # a tiny validation set may hold no pair: the rest still shows
@@ -220,6 +243,8 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
     if len(run.model.group_sizes) > 1:  # a hierarchy: its temperatures and its levels
         figures["temperatures"] = figure_temperatures(run, seed=run.config.seed)
         figures["levels"] = figure_levels(run, seed=run.config.seed)
+    if getattr(run.model, "learns_prior", False):  # discrete codes: their maps and their use
+        figures["code_map"], figures["code_usage"] = figure_codes(run, val)
     if run.model.supports_exact:  # one Gaussian z: what each of its units holds
         figures["traversal"], figures["unit_kl"] = figure_traversals(run, val)
     scores = units.read_scores(run.path)

@@ -84,6 +84,28 @@ def reconstruct(model: nn.Module, images: torch.Tensor, sample: bool = False, se
     return _shown(model, params, pixels, seed)
 
 
+def can_sample(model: nn.Module) -> bool:
+    """False for a discrete autoencoder whose prior over codes is not trained yet."""
+    return not getattr(model, "learns_prior", False) or model.prior is not None
+
+
+def draw_text(model: nn.Module, temperature: float) -> str:
+    """How a figure names a model's prior draw: z ~ N(0, T^2 I), or a code map."""
+    if getattr(model, "learns_prior", False):
+        tempered = "" if temperature == 1 else f" at T = {temperature:g}"
+        return f"code maps from the learned prior{tempered}"
+    spread = "I" if temperature == 1 else f"{temperature:g}² I"
+    return f"z ~ N(0, {spread})"
+
+
+@torch.inference_mode()
+def code_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """A discrete autoencoder's code indices (N, h, w) of uint8 images, CPU."""
+    device = _device(model)
+    return model.code_map(to_float(images.to(device)), _on(labels, device)).cpu()
+
+
 def prior_noise(model: nn.Module, n: int, seed: int = 0) -> torch.Tensor:
     """The noise of n prior samples (n, noise_size), drawn on the CPU so that a seed gives
     the same samples on any device (for a single-level VAE, z ~ N(0, I) itself)."""

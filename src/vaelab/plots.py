@@ -114,12 +114,15 @@ def paired_rows(upper: torch.Tensor, lower: torch.Tensor, cols: int) -> torch.Te
 
 
 def samples(images: torch.Tensor, temperature: float, ink: bool = True,
-            pixels: bool = False, label: str | None = None) -> Figure:
-    """`label` names the class a conditional model was asked for."""
+            pixels: bool = False, label: str | None = None, drawn: str | None = None
+            ) -> Figure:
+    """`label` names the class a conditional model was asked for; `drawn` what was drawn
+    (generate.draw_text; default z ~ N(0, T^2 I))."""
     cols = math.ceil(math.sqrt(len(images)))
     spread = "I" if temperature == 1 else f"{temperature:g}² I"
+    drawn = drawn or f"z ~ N(0, {spread})"
     written = f", written as {label}" if label else ""
-    return image_grid(images, cols, f"New images: decoded z ~ N(0, {spread}){written}, shown "
+    return image_grid(images, cols, f"New images: decoded {drawn}{written}, shown "
                                     f"as {shown(pixels)}{_tempered(temperature, pixels)}", ink)
 
 
@@ -251,6 +254,44 @@ def compared_curves(runs: dict[str, list[dict[str, float]]]) -> Figure:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend()
+    return figure
+
+
+def code_maps(images: torch.Tensor, maps: torch.Tensor, codes: int, ink: bool = True
+              ) -> Figure:
+    """Images (N, C, H, W) above their code maps (N, h, w), each code index a colour."""
+    count = len(images)
+    figure = Figure(figsize=(1.3 * count, 2.9), dpi=DPI, layout="constrained")
+    axes = figure.subplots(2, count, squeeze=False)
+    for column in range(count):
+        picture = images[column].float()
+        grey = picture.shape[0] == 1
+        picture = (1 - picture if grey and ink else picture).permute(1, 2, 0).clamp(0, 1)
+        axes[0, column].imshow(picture.squeeze(-1) if grey else picture, cmap="gray",
+                               vmin=0, vmax=1)
+        axes[1, column].imshow(maps[column], cmap="nipy_spectral", vmin=0, vmax=codes - 1,
+                               interpolation="nearest")
+        for row in (0, 1):
+            axes[row, column].set_axis_off()
+    figure.suptitle(f"Validation images (top) and their code maps: each colour one of the "
+                    f"{codes:,} codes")
+    return figure
+
+
+def code_usage(counts: torch.Tensor) -> Figure:
+    """How often each code is used (counts (K,)), most used first, and the share in use."""
+    ordered = counts.sort(descending=True).values.double()
+    share = ordered / ordered.sum()
+    used = int((counts > 0).sum())
+    perplexity = math.exp(-(share[share > 0] * share[share > 0].log()).sum().item())
+    figure = Figure(figsize=(7, 3.4), dpi=DPI, layout="constrained")
+    axes = figure.subplots()
+    axes.bar(range(len(share)), share.numpy(), width=1.0, color="C0")
+    axes.set_xlabel("code, most used first")
+    axes.set_ylabel("share of the validation codes")
+    axes.set_title(f"Code use: {used:,} of {len(counts):,} codes in use "
+                   f"({100 * used / len(counts):.1f}%), perplexity {perplexity:.1f}")
+    axes.grid(alpha=0.3, axis="y")
     return figure
 
 

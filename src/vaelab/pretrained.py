@@ -14,6 +14,7 @@ from .checkpoint import file_sha256, load_weights
 from .config import Config
 from .errors import CheckpointError, VaelabError
 from .models import build_model
+from .models.pixelcnn import prior_for
 
 FORMAT = "vaelab-export"
 FORMAT_VERSION = 1
@@ -45,6 +46,8 @@ def read_export(path: Path) -> Exported:
         raise CheckpointError(f"{path / DESCRIPTION}: its config is not valid for this vaelab "
                               f"({err})") from None
     model = build_model(config)
+    if "prior" in description:  # a discrete autoencoder's prior: its weights are "prior.*"
+        model.prior = prior_for(model, description["prior"])
     load_weights(model, {"model": _read_weights(path, description),
                          "vaelab_version": description.get("vaelab_version")}, path / WEIGHTS)
     return Exported(config, model.eval(), description["epoch"],
