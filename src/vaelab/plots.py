@@ -267,10 +267,10 @@ def code_maps(images: torch.Tensor, maps: torch.Tensor, codes: int, ink: bool = 
         picture = images[column].float()
         grey = picture.shape[0] == 1
         picture = (1 - picture if grey and ink else picture).permute(1, 2, 0).clamp(0, 1)
-        axes[0, column].imshow(picture.squeeze(-1) if grey else picture, cmap="gray",
-                               vmin=0, vmax=1)
-        axes[1, column].imshow(maps[column], cmap="nipy_spectral", vmin=0, vmax=codes - 1,
-                               interpolation="nearest")
+        axes[0, column].imshow((picture.squeeze(-1) if grey else picture).numpy(),
+                               cmap="gray", vmin=0, vmax=1)
+        axes[1, column].imshow(maps[column].numpy(), cmap="nipy_spectral", vmin=0,
+                               vmax=codes - 1, interpolation="nearest")
         for row in (0, 1):
             axes[row, column].set_axis_off()
     figure.suptitle(f"Validation images (top) and their code maps: each colour one of the "

@@ -319,8 +319,8 @@ class VQVAE(DiscreteAutoencoder):
 
     def _set(self, entries: torch.Tensor, vectors: torch.Tensor) -> None:
         """Entries restarted at `vectors`, with a use just above the dead line: one the encoder
-        does not take up is re-seeded again about 70 steps later (0.99^70 = 1/2)."""
-        self.use[entries] = 2 * DEAD_SHARE * self.use.mean()
+        does not take up is re-seeded again about 20 steps later (0.99^20 = 1/1.2)."""
+        self.use[entries] = 1.2 * DEAD_SHARE * self.use.mean()
         self.codebook[entries] = vectors
         self.sums[entries] = vectors * self.use[entries, None]
 
