@@ -5,6 +5,9 @@
     beta-tcvae, factorvae, capacity
            disentangling VAEs (disentangling.py): the vae's model, objectives that push its
            units towards independent factors
+    vqvae, fsq
+           discrete autoencoders (discrete.py): a grid of codes, sampled through a PixelCNN
+           prior over them (pixelcnn.py) trained afterwards
 
 `--model NAME` chooses one; config.json records it, so `load_run` rebuilds the model from the
 run folder alone. Adding a family: its module here, its name below, its options as Config

@@ -54,6 +54,7 @@ DECAY = 0.99        # the codebook's moving averages (the paper's appendix)
 COMMITMENT = 0.25   # beta of the commitment loss (the paper's)
 DEAD_SHARE = 0.03   # an entry used less than this share of the average entry's use is dead
 EPSILON = 1e-5      # Laplace smoothing of the use counts
+TRAIN_PSNR_IMAGES = 8  # images of each training batch whose PSNR is measured
 
 
 class Quantized(NamedTuple):
@@ -169,11 +170,21 @@ class DiscreteAutoencoder(nn.Module):
             recon = self.likelihood.nll(params, x)
             kl = torch.full_like(recon, self.positions * math.log(self.codebook_size))
             usage, perplexity = self.code_statistics(quantized.indices)
-            error = (self.likelihood.mean(params.detach()) - x).pow(2).flatten(1).mean(1)
+            psnr = self._psnr(params.detach(), x)
             return {"objective": recon + quantized.extra, "loss": recon + kl, "recon": recon,
                     "kl": kl, "commit": quantized.extra.detach(),
-                    "psnr": -10 * torch.log10(error.clamp_min(1e-10)),
+                    "psnr": psnr,
                     "usage": usage.expand_as(recon), "perplexity": perplexity.expand_as(recon)}
+
+    def _psnr(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """PSNR of E[x|z] per image, in dB (pixels in [0, 1]). In training, the first
+        TRAIN_PSNR_IMAGES images' mean stands for the batch's: the exact mean of a discretized
+        likelihood sums 256 levels per sub-pixel, and on every image (150 ms of a 360 ms
+        step, 64 MNIST images, 3-component mixture) it slowed training by 40%."""
+        if not self.training:
+            return _psnr(self.likelihood.mean(params), x)
+        some = _psnr(self.likelihood.mean(params[:TRAIN_PSNR_IMAGES]), x[:TRAIN_PSNR_IMAGES])
+        return some.mean().expand(len(x))
 
     def code_statistics(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The share of the K codes used by the global batch, and the perplexity of their use
@@ -234,6 +245,12 @@ class DiscreteAutoencoder(nn.Module):
     def code_map(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The codes' indices (B, h, w) of images: what the prior models."""
         return self.quantize(self.encode(x, labels)).indices
+
+
+def _psnr(shown: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per image, in dB, of pixels in [0, 1]."""
+    error = (shown - x).pow(2).flatten(1).mean(1)
+    return -10 * torch.log10(error.clamp_min(1e-10))
 
 
 class VQVAE(DiscreteAutoencoder):

@@ -10,7 +10,7 @@ A model is an `nn.Module` with these attributes
                    show whatever a model names
     noise_size     standard normal numbers a training step draws per image: its latents' (all
                    groups together), and any more the objective needs (FactorVAE's
-                   permutation keys)
+                   permutation keys); 0 for a point-mass posterior (discrete codes)
     group_sizes    how those numbers split into latent groups, top first: (D,) for one group
     code_dim       size of the code that interpolation, the latent map and the explorer move
                    in (a single-level VAE's z; a hierarchy's top group)
@@ -50,6 +50,11 @@ weights, None for an unconditional model; params: the likelihood's (B, C * P, H,
         standard deviation scaled by `temperature`. Noise rather than a sample, so that
         figures can share noise across rows (the same z down a class grid's columns, the top
         groups of a hierarchy held while the lower ones are drawn again).
+
+A family whose samples need a prior learned after it (the discrete autoencoders: VQ-VAE, FSQ)
+sets `learns_prior = True` and holds that prior in `model.prior` (None until `vaelab
+train-prior`; runs.load_run attaches it); `from_prior` then refuses with one line while it is
+None, and the figures, the report and TensorBoard leave samples out (generate.can_sample).
 
 A new family is a module here with such a class, registered in models/__init__.py, with its
 options as Config fields named in config.FAMILY_OPTIONS.
