@@ -251,3 +251,46 @@ def test_the_model_builds_from_the_config(data_dir):
     model = build_model(Config(model="vqvae", codebook_size=128, code_dim=16))
     assert (model.codebook_size, model.code_channels, model.grid) == (128, 16, (7, 7))
     assert np.prod(model.codebook.shape) == 128 * 16
+
+
+def test_train_prior_under_two_processes_trains_what_one_does(fsq_run, data_dir, tmp_path):
+    import shutil
+
+    from test_distributed import RTOL, torchrun
+
+    from vaelab.checkpoint import load_checkpoint
+
+    one = shutil.copytree(fsq_run, tmp_path / "one")
+    two = shutil.copytree(fsq_run, tmp_path / "two")
+    train_prior(one, epochs=2, channels=8, layers=2, batch_size=48)  # 512 = 10 x 48 + 32
+    result = torchrun(data_dir, "train-prior", two, "--epochs", 2, "--channels", 8,
+                      "--layers", 2, "--batch-size", 48)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("prior saved in") == 1  # rank 0 alone speaks
+    ours, theirs = (load_checkpoint(run / PRIOR)["history"] for run in (two, one))
+    for mine, wanted in zip(ours, theirs):
+        for column in ("train_nll", "val_nll"):
+            assert mine[column] == pytest.approx(wanted[column], rel=RTOL), column
+
+
+def test_the_explorer_moves_the_code_before_quantization(fsq_run):
+    """Its sliders walk the encoder's continuous output; a move far along the first direction
+    lands on other codes, so the picture changes; at an image's own code it shows the image's
+    reconstruction."""
+    from vaelab.explore import Explorer
+
+    run = load_run(fsq_run)
+    val = validation_split(run.config)
+    explorer = Explorer(run, val)
+    base = explorer.code(0)
+    assert base.shape == (run.model.code_dim,)
+    here, _ = explorer.at_sliders(explorer.to_sliders(base), base)
+    moved = explorer.to_sliders(base)
+    moved[0] += 3
+    there, _ = explorer.at_sliders(moved, base)
+    assert here.shape == there.shape and not np.array_equal(here, there)
+    with torch.no_grad():
+        own = run.model.likelihood.mean(run.model.reconstruct(to_float(val.images[:1])))
+    from vaelab.explore import enlarge
+
+    assert np.array_equal(here, enlarge(own[0], explorer.ink))

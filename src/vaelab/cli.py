@@ -135,17 +135,22 @@ def run_disentanglement(args: argparse.Namespace) -> int:
 def run_train_prior(args: argparse.Namespace) -> int:
     from .prior import train_prior
 
-    header = f"{'epoch':>5}  {'train_nll':>10}  {'val_nll':>9}  {'bits/code':>9}  {'seconds':>7}"
-    print(header)
+    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone prints
+    if speaks:
+        print(f"{'epoch':>5}  {'train_nll':>10}  {'val_nll':>9}  {'bits/code':>9}  "
+              f"{'seconds':>7}")
 
     def print_row(row: dict[str, float]) -> None:
-        print(f"{row['epoch']:>5}  {row['train_nll']:>10.2f}  {row['val_nll']:>9.2f}  "
-              f"{row['val_bits_per_code']:>9.3f}  {row['seconds']:>7.1f}", flush=True)
+        if speaks:
+            print(f"{row['epoch']:>5}  {row['train_nll']:>10.2f}  {row['val_nll']:>9.2f}  "
+                  f"{row['val_bits_per_code']:>9.3f}  {row['seconds']:>7.1f}", flush=True)
 
     path = train_prior(args.run, args.epochs, args.lr, args.batch_size, args.channels,
                        args.layers, args.seed, args.force, args.data_dir, args.device,
                        print_row)
-    print(f"prior saved in {path} (nats per code map; sample with `vaelab sample {args.run}`)")
+    if speaks:
+        print(f"prior saved in {path} (nats per code map; sample with `vaelab sample "
+              f"{args.run}`)")
     return 0
 
 

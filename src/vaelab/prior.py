@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_data, to_float, training_images, validation_images
 from .errors import CheckpointError, VaelabError
@@ -45,11 +46,14 @@ def train_prior(run_dir: str | os.PathLike, epochs: int = 20, lr: float = 1e-3,
         raise VaelabError(f"{run.path} is a --model {run.config.model} run: only discrete "
                           "autoencoders (vqvae, fsq) have a prior over codes to train")
     path = run.path / PRIOR
-    with run_lock(run.path):
+    with distributed.process_group(run.device, run.config.ddp_backend,
+                                   run.config.ddp_timeout) as device, \
+            distributed.writer_holds(lambda: run_lock(run.path)):
         saved = _previous(path, run, settings, force)
         train_codes, val_codes = _code_maps(run, data_dir)
-        set_seed(seed)  # the prior's first weights
-        prior = prior_for(run.model, settings).to(run.device)
+        set_seed(seed)  # the prior's first weights: the same on every rank
+        prior = prior_for(run.model, settings).to(device)
+        network = distributed.wrap(prior, device)
         optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
         shuffle = torch.Generator().manual_seed(seed)
         history: list[dict[str, float]] = []
@@ -63,12 +67,14 @@ def train_prior(run_dir: str | os.PathLike, epochs: int = 20, lr: float = 1e-3,
                     on_epoch_end(row)
         for epoch in range(len(history) + 1, epochs + 1):
             started = time.perf_counter()
-            train_nll = _epoch(prior, optimizer, train_codes, batch_size, shuffle)
+            train_nll = _epoch(network, optimizer, train_codes, batch_size, shuffle)
             row = {"epoch": epoch, "train_nll": train_nll,
                    "val_nll": _mean_nll(prior, val_codes),
                    "seconds": time.perf_counter() - started}
             row["val_bits_per_code"] = row["val_nll"] / math.log(2) / run.model.positions
             history.append(row)
+            if not distributed.is_writer():  # under torchrun, rank 0 alone writes and prints
+                continue
             save_checkpoint(path, {"config": settings, "model": prior.state_dict(),
                                    "optimizer": optimizer.state_dict(), "epoch": epoch,
                                    "step": epoch * math.ceil(len(train_codes[0]) / batch_size),
@@ -128,22 +134,26 @@ def _encode(run: Run, images: torch.Tensor, labels: torch.Tensor | None) -> tupl
     return torch.cat(maps), labels
 
 
-def _epoch(prior: PixelCNNPrior, optimizer: torch.optim.Optimizer, codes: tuple,
+def _epoch(network: torch.nn.Module, optimizer: torch.optim.Optimizer, codes: tuple,
            batch_size: int, shuffle: torch.Generator) -> float:
+    """One epoch; under torchrun each rank takes its share of every batch (the shuffle is the
+    same on all) and DistributedDataParallel averages the gradients: one process's steps."""
     indices, labels = codes
-    device = next(prior.parameters()).device
+    device = next(network.parameters()).device
     order = torch.randperm(len(indices), generator=shuffle)
-    prior.train()
-    total = 0.0
+    network.train()
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(indices), batch_size):
         chosen = order[start:start + batch_size]
-        y = labels[chosen].to(device) if labels is not None else None
-        nll = -prior.log_prob(indices[chosen].to(device), y)
+        first, last = distributed.share(len(chosen))
+        mine = chosen[first:last]
+        y = labels[mine].to(device) if labels is not None else None
+        nll = -network(indices[mine].to(device), y)
         optimizer.zero_grad(set_to_none=True)
-        nll.mean().backward()
+        distributed.rank_mean(nll, len(chosen)).backward()
         optimizer.step()
-        total += nll.sum().item()
-    return total / len(indices)
+        total += nll.detach().double().sum()
+    return distributed.all_sum(total).item() / len(indices)
 
 
 @torch.inference_mode()

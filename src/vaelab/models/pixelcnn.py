@@ -75,6 +75,11 @@ class PixelCNNPrior(nn.Module):
             return h
         return h + self.labels[layer](y.to(h.dtype))[:, :, None, None]
 
+    def forward(self, indices: torch.Tensor, labels: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """log p(code map) per map: what DistributedDataParallel wraps (train-prior)."""
+        return self.log_prob(indices, labels)
+
     def log_prob(self, indices: torch.Tensor, labels: torch.Tensor | None = None
                  ) -> torch.Tensor:
         """log p(code map) per map (B,), nats."""
