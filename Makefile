@@ -49,7 +49,7 @@ NUMERIC_TESTS = tests/test_losses.py tests/test_model.py tests/test_seed_network
 	tests/test_quadrature.py tests/test_closed_forms.py tests/test_likelihood8.py \
 	tests/test_conditional.py tests/test_figures.py tests/test_explore.py tests/test_options.py \
 	tests/test_own_runs.py tests/test_distributed.py tests/test_distributed_helpers.py \
-	tests/test_disentangling.py
+	tests/test_disentangling.py tests/test_discrete.py tests/test_export.py tests/test_tensorboard.py
 test-cpus: $(VENV)/.installed-test
 	@scripts/ensure-chromium $(BIN)/python
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)

@@ -294,3 +294,10 @@ def test_the_explorer_moves_the_code_before_quantization(fsq_run):
     from vaelab.explore import enlarge
 
     assert np.array_equal(here, enlarge(own[0], explorer.ink))
+
+
+def test_compare_says_a_run_without_a_prior_cannot_sample(trained_run, fsq_run, tmp_path):
+    from vaelab.compare import compare_runs
+
+    page = compare_runs([str(trained_run), str(fsq_run)], tmp_path / "page.html").read_text()
+    assert "B cannot sample yet" in page and "vaelab train-prior RUN" in page

@@ -17,6 +17,7 @@ from .config import Config
 from .errors import TrainingInterrupted, VaelabError
 
 log = logging.getLogger("vaelab")
+DISCRETE = ("vqvae", "fsq")  # families whose rate is a prior's -log p(codes)
 
 TABLE = (  # column, header, width
     ("epoch", "epoch", 5), ("train_loss", "train_loss", 10), ("val_loss", "val_loss", 9),
@@ -58,7 +59,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     px = "p(x|y)" if result.get("conditional") else "p(x)"
     rows = [(f"-log {px}, IW K={k}", result["nll"], stderr),
             ("-ELBO", result["neg_elbo"], result["neg_elbo_stderr"]),
-            ("  reconstruction", result["recon"], None), ("  KL", result["kl"], None)]
+            ("  reconstruction", result["recon"], None),
+            # a point-mass posterior's KL is the code map's -log p under the prior
+            ("  -log p(codes)" if result["model"] in DISCRETE else "  KL", result["kl"], None)]
     print(f"{result['images']} {args.split} images, {targets(result['binarize'])}, "
           f"{result['likelihood']} likelihood, {result['checkpoint']}.pt (epoch "
           f"{result['epoch']})")
