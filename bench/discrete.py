@@ -11,15 +11,15 @@ posterior: one sample gives it exactly). Beside it: the validation PSNR of the r
 epoch's, over batches of 1,000 images), seconds per epoch of the autoencoder and of the prior,
 and the prior's samples (docs/figures/discrete/). VQ-VAE runs with the cure for dead codes
 (re-seeding) at every size, and without it at 512 codes, for contrast. --models picks some of
-MODELS (all by default); the published result, on the 2-core development machine (two sizes
-of each, for time), the three commands' results merged into one file:
+MODELS (all by default); the published result, on the 2-core development machine (on the
+colour set the largest codebooks only, for time), the two commands' results merged into one
+file:
 
     python scripts/mnist_to_images.py data/mnist-png
     python scripts/mnist_to_images.py data/colour-png --colour
     python bench/discrete.py --datasets mnist8 --models vqvae-64 vqvae-512 vqvae-512-no-cure \
         fsq-64 fsq-1000
     python bench/discrete.py --datasets colour --models vqvae-512 fsq-1000
-    python bench/discrete.py --datasets colour --models vqvae-64 fsq-64
 """
 
 from __future__ import annotations
