@@ -17,7 +17,6 @@ from .config import Config
 from .errors import TrainingInterrupted, VaelabError
 
 log = logging.getLogger("vaelab")
-DISCRETE = ("vqvae", "fsq")  # families whose rate is a prior's -log p(codes)
 
 TABLE = (  # column, header, width
     ("epoch", "epoch", 5), ("train_loss", "train_loss", 10), ("val_loss", "val_loss", 9),
@@ -48,6 +47,7 @@ def run_figures(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import write_evaluation
     from .figures import targets
+    from .models import family_class, learns_prior
 
     result, path = write_evaluation(args.run, args.iw_samples, args.split, args.limit,
                                     args.seed, args.checkpoint, args.device, args.data_dir,
@@ -61,7 +61,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             ("-ELBO", result["neg_elbo"], result["neg_elbo_stderr"]),
             ("  reconstruction", result["recon"], None),
             # a point-mass posterior's KL is the code map's -log p under the prior
-            ("  -log p(codes)" if result["model"] in DISCRETE else "  KL", result["kl"], None)]
+            ("  -log p(codes)" if learns_prior(family_class(result["model"])) else "  KL",
+             result["kl"], None)]
     print(f"{result['images']} {args.split} images, {targets(result['binarize'])}, "
           f"{result['likelihood']} likelihood, {result['checkpoint']}.pt (epoch "
           f"{result['epoch']})")

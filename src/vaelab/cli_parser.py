@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_train_command(commands)
+    add_figure_commands(commands)
+    _add_measuring_commands(commands)
+    _add_prior_and_sharing_commands(commands)
+    return parser
+
+
+def _add_train_command(commands) -> None:
     train = commands.add_parser("train", help="train a VAE (the reference's defaults) or resume "
                                 "one", description="Train a VAE; defaults are the reference "
                                 "notebook's.")
@@ -63,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          f"{k} {v}" for k, v in RECIPES["fast"].items())))
     add_config_flags(train)
     train.set_defaults(handler="train")
-    add_figure_commands(commands)
+
+
+def _add_measuring_commands(commands) -> None:
+    """evaluate, explore, disentanglement and report: what a trained run measures and shows."""
     evaluate = commands.add_parser(
         "evaluate", help="ELBO, importance-weighted log-likelihood, active units",
         description="Negative ELBO and the importance-weighted NLL (nats per image, bits per "
@@ -103,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fresh draws of each score, for its spread (default: 3)")
     scores.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     scores.set_defaults(handler="disentanglement")
+    report = commands.add_parser("report", help="write RUN/report.html with every figure")
+    _add_run_arguments(report, out_help="folder for the figures (default RUN/figures)")
+    report.set_defaults(handler="report")
+
+
+def _add_prior_and_sharing_commands(commands) -> None:
+    """train-prior (a discrete autoencoder's second model), export and compare."""
     prior = commands.add_parser(
         "train-prior", help="vqvae, fsq: train the PixelCNN prior over RUN's code maps (or "
         "continue it) into RUN/prior.pt, which sampling needs",
@@ -152,10 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data-dir", help="where the runs' IDX files lie, if they moved")
     compare.add_argument("--device", help="where to compute (default: cpu)")
     compare.set_defaults(handler="compare")
-    report = commands.add_parser("report", help="write RUN/report.html with every figure")
-    _add_run_arguments(report, out_help="folder for the figures (default RUN/figures)")
-    report.set_defaults(handler="report")
-    return parser
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:

@@ -125,8 +125,7 @@ def _picture(run: Run):
 
 def _description(run: Run, folder: Path) -> dict[str, Any]:
     prior = getattr(run.model, "prior", None)  # a discrete autoencoder's, in the same file
-    settings = {"prior": {"channels": prior.embed.embedding_dim, "layers": len(prior.layers)}
-                } if prior is not None else {}
+    settings = {"prior": prior.settings} if prior is not None else {}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "vaelab_version": __version__,
             **settings, "config": run.config.to_dict(), "data": run.data, "epoch": run.epoch,
             "weights_sha256": file_sha256(folder / WEIGHTS),

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from . import generate, plots, units
 from .data import Split, to_float
 from .errors import VaelabError
+from .models import learns_prior
 from .runs import Run
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,14 @@ def figure_samples(run: Run, n: int | None = None, temperature: float = 1.0, see
         columns = 10 if n is None else n // run.model.classes
         _at_least("--n (a multiple of the classes, for the class grid)", columns, 1)
         images = generate.class_grid(run.model, columns, temperature, seed, pixels)
-        return plots.class_samples(images, list(run.classes), temperature, ink(run), pixels)
+        return plots.class_samples(images, list(run.classes), temperature, ink(run), pixels,
+                                   learns_prior(run.model))
     n = 64 if n is None else n
     _at_least("--n", n, 1)
     _at_most_a_figure(n)
     images = generate.sample_prior(run.model, n, temperature, seed, index, pixels)
     of = f"class {run.classes[index]}" if index is not None else None
-    return plots.samples(images, temperature, ink(run), pixels, of,
-                         generate.draw_text(run.model, temperature))
+    return plots.samples(images, temperature, ink(run), pixels, of, learns_prior(run.model))
 
 
 def figure_analogies(run: Run, val: Split, n: int = 8) -> Figure:
@@ -196,19 +197,15 @@ def figure_traversals(run: Run, val: Split, n: int = 3, steps: int = 9, limit: f
 def figure_codes(run: Run, val: Split, n: int = 8) -> tuple[Figure, Figure]:
     """A discrete autoencoder's code maps of `n` validation images, and how often each code
     is used over the whole validation set."""
-    if not getattr(run.model, "learns_prior", False):
+    if not learns_prior(run.model):
         raise VaelabError(f"{run.path} is a --model {run.config.model} run: code maps are a "
                           "discrete autoencoder's (--model vqvae or fsq)")
     _at_least("--n", n, 1)
     chosen = torch.linspace(0, len(val) - 1, min(n, len(val))).round().long()
-    maps = generate.code_maps(run.model, val.images[chosen], _labels(val, chosen))
-    counts = torch.zeros(run.model.codebook_size, dtype=torch.long)
-    for start in range(0, len(val), 1000):
-        labels = val.labels[start:start + 1000] if val.labels is not None else None
-        every = generate.code_maps(run.model, val.images[start:start + 1000], labels)
-        counts += torch.bincount(every.flatten(), minlength=len(counts))
-    return (plots.code_maps(to_float(val.images[chosen]), maps, run.model.codebook_size,
-                            ink(run)), plots.code_usage(counts))
+    maps = generate.code_maps(run.model, val.images, val.labels)  # every image's, once
+    counts = torch.bincount(maps.flatten(), minlength=run.model.codebook_size)
+    return (plots.code_maps(to_float(val.images[chosen]), maps[chosen],
+                            run.model.codebook_size, ink(run)), plots.code_usage(counts))
 
 
 def figure_mutual_information(scores: dict) -> Figure:
@@ -243,7 +240,7 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
     if len(run.model.group_sizes) > 1:  # a hierarchy: its temperatures and its levels
         figures["temperatures"] = figure_temperatures(run, seed=run.config.seed)
         figures["levels"] = figure_levels(run, seed=run.config.seed)
-    if getattr(run.model, "learns_prior", False):  # discrete codes: their maps and their use
+    if learns_prior(run.model):  # discrete codes: their maps and their use
         figures["code_map"], figures["code_usage"] = figure_codes(run, val)
     if run.model.supports_exact:  # one Gaussian z: what each of its units holds
         figures["traversal"], figures["unit_kl"] = figure_traversals(run, val)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .data import Split, to_float
 from .errors import VaelabError
+from .models import learns_prior
 
 log = logging.getLogger(__name__)
 
@@ -86,24 +87,17 @@ def reconstruct(model: nn.Module, images: torch.Tensor, sample: bool = False, se
 
 def can_sample(model: nn.Module) -> bool:
     """False for a discrete autoencoder whose prior over codes is not trained yet."""
-    return not getattr(model, "learns_prior", False) or model.prior is not None
-
-
-def draw_text(model: nn.Module, temperature: float) -> str:
-    """How a figure names a model's prior draw: z ~ N(0, T^2 I), or a code map."""
-    if getattr(model, "learns_prior", False):
-        tempered = "" if temperature == 1 else f" at T = {temperature:g}"
-        return f"code maps from the learned prior{tempered}"
-    spread = "I" if temperature == 1 else f"{temperature:g}² I"
-    return f"z ~ N(0, {spread})"
+    return not learns_prior(model) or model.prior is not None
 
 
 @torch.inference_mode()
-def code_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None
-              ) -> torch.Tensor:
+def code_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+              batch_size: int = 1000) -> torch.Tensor:
     """A discrete autoencoder's code indices (N, h, w) of uint8 images, CPU."""
     device = _device(model)
-    return model.code_map(to_float(images.to(device)), _on(labels, device)).cpu()
+    return torch.cat([model.code_map(to_float(images[i:i + batch_size].to(device)),
+                                     _on(labels, device, i, i + batch_size)).cpu()
+                      for i in range(0, len(images), batch_size)])
 
 
 def prior_noise(model: nn.Module, n: int, seed: int = 0) -> torch.Tensor:

@@ -114,16 +114,22 @@ def paired_rows(upper: torch.Tensor, lower: torch.Tensor, cols: int) -> torch.Te
 
 
 def samples(images: torch.Tensor, temperature: float, ink: bool = True,
-            pixels: bool = False, label: str | None = None, drawn: str | None = None
-            ) -> Figure:
-    """`label` names the class a conditional model was asked for; `drawn` what was drawn
-    (generate.draw_text; default z ~ N(0, T^2 I))."""
+            pixels: bool = False, label: str | None = None, codes: bool = False) -> Figure:
+    """`label` names the class a conditional model was asked for; `codes`: a discrete
+    autoencoder's, drawn as code maps from its learned prior."""
     cols = math.ceil(math.sqrt(len(images)))
-    spread = "I" if temperature == 1 else f"{temperature:g}² I"
-    drawn = drawn or f"z ~ N(0, {spread})"
     written = f", written as {label}" if label else ""
-    return image_grid(images, cols, f"New images: decoded {drawn}{written}, shown "
-                                    f"as {shown(pixels)}{_tempered(temperature, pixels)}", ink)
+    return image_grid(images, cols, f"New images: decoded {_drawn(temperature, codes)}{written}, "
+                                    f"shown as {shown(pixels)}{_tempered(temperature, pixels)}",
+                      ink)
+
+
+def _drawn(temperature: float, codes: bool) -> str:
+    """What a prior draw is: z ~ N(0, T^2 I), or a discrete autoencoder's code map."""
+    if codes:
+        return "code maps from the learned prior" + (
+            "" if temperature == 1 else f" at T = {temperature:g}")
+    return f"z ~ N(0, {'I' if temperature == 1 else f'{temperature:g}² I'})"
 
 
 def _tempered(temperature: float, pixels: bool) -> str:
@@ -132,12 +138,11 @@ def _tempered(temperature: float, pixels: bool) -> str:
 
 
 def class_samples(images: torch.Tensor, classes: list[str], temperature: float,
-                  ink: bool = True, pixels: bool = False) -> Figure:
+                  ink: bool = True, pixels: bool = False, codes: bool = False) -> Figure:
     """A conditional model's class grid: images (classes * columns, ...), one row per class,
-    the same z down each column."""
-    spread = "I" if temperature == 1 else f"{temperature:g}² I"
+    the same prior noise down each column."""
     return image_grid(images, len(images) // len(classes),
-                      f"One row per class, one z ~ N(0, {spread}) per column, shown as "
+                      f"One row per class, one {_drawn(temperature, codes)} per column, shown as "
                       f"{shown(pixels)}{_tempered(temperature, pixels)}", ink,
                       row_names=classes)
 

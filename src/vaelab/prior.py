@@ -22,15 +22,17 @@ import torch
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import load_data, to_float, training_images, validation_images
+from .data import load_data, training_images, validation_images
 from .errors import CheckpointError, VaelabError
+from .generate import code_maps
+from .models import learns_prior
 from .models.pixelcnn import PixelCNNPrior, prior_for
 from .runs import PRIOR, Run, load_run, run_lock
 from .training_state import set_seed
 from .version import __version__
 
 SETTINGS = ("channels", "layers", "lr", "batch_size", "seed")  # a resume keeps these
-ENCODE_BATCH = 500
+EVAL_BATCH = 500  # code maps per validation batch
 
 
 def train_prior(run_dir: str | os.PathLike, epochs: int = 20, lr: float = 1e-3,
@@ -42,7 +44,7 @@ def train_prior(run_dir: str | os.PathLike, epochs: int = 20, lr: float = 1e-3,
                 "seed": seed, "epochs": epochs}
     _check_settings(settings)
     run = load_run(run_dir, "best", device)
-    if not getattr(run.model, "learns_prior", False):
+    if not learns_prior(run.model):
         raise VaelabError(f"{run.path} is a --model {run.config.model} run: only discrete "
                           "autoencoders (vqvae, fsq) have a prior over codes to train")
     path = run.path / PRIOR
@@ -116,22 +118,18 @@ def _previous(path: Path, run: Run, settings: dict[str, Any], force: bool
     return saved
 
 
-@torch.inference_mode()
 def _code_maps(run: Run, data_dir: str | None) -> tuple[tuple, tuple]:
-    """(indices, labels) of the training and the validation images, encoded once."""
+    """(indices, labels) of the training and the validation images, encoded once; labels
+    only for a conditional model (its prior is conditional too)."""
     config = run.config if data_dir is None else run.config.replace(data_dir=data_dir)
     train_split, val_split = load_data(config)
-    return (_encode(run, training_images(config, train_split), train_split.labels),
-            _encode(run, validation_images(config, val_split), val_split.labels))
 
+    def encoded(images: torch.Tensor, labels: torch.Tensor | None) -> tuple:
+        labels = labels if run.model.conditional else None
+        return code_maps(run.model, images, labels), labels
 
-def _encode(run: Run, images: torch.Tensor, labels: torch.Tensor | None) -> tuple:
-    labels = labels if run.model.conditional else None
-    maps = [run.model.code_map(to_float(images[i:i + ENCODE_BATCH].to(run.device)),
-                               None if labels is None else labels[i:i + ENCODE_BATCH]
-                               .to(run.device)).cpu()
-            for i in range(0, len(images), ENCODE_BATCH)]
-    return torch.cat(maps), labels
+    return (encoded(training_images(config, train_split), train_split.labels),
+            encoded(validation_images(config, val_split), val_split.labels))
 
 
 def _epoch(network: torch.nn.Module, optimizer: torch.optim.Optimizer, codes: tuple,
@@ -162,7 +160,7 @@ def _mean_nll(prior: PixelCNNPrior, codes: tuple) -> float:
     device = next(prior.parameters()).device
     prior.eval()
     total = 0.0
-    for start in range(0, len(indices), ENCODE_BATCH):
-        y = labels[start:start + ENCODE_BATCH].to(device) if labels is not None else None
-        total -= prior.log_prob(indices[start:start + ENCODE_BATCH].to(device), y).sum().item()
+    for start in range(0, len(indices), EVAL_BATCH):
+        y = labels[start:start + EVAL_BATCH].to(device) if labels is not None else None
+        total -= prior.log_prob(indices[start:start + EVAL_BATCH].to(device), y).sum().item()
     return total / len(indices)

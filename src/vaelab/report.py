@@ -124,7 +124,7 @@ def render_html(run: Run, figures: dict[str, Path], captions: dict[str, str]) ->
     if run.config.data is None and run.config.dataset == "mnist":
         sections += ["<h2>Against the reference notebook</h2>", _reference_table(run)]
     sections += ["<h2>Per epoch</h2>", _metrics_table(run)]
-    sections += evaluation_section(run)
+    sections += _evaluation_section(run)
     sections += _disentanglement_section(run)
     for name, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode()
@@ -205,7 +205,7 @@ def _disentanglement_section(run: Run) -> list[str]:
     return ["<h2>Disentanglement</h2>", caption, html_table(["score", "mean", "sd"], rows)]
 
 
-def evaluation_section(run: Run) -> list[str]:
+def _evaluation_section(run: Run) -> list[str]:
     """eval.json, shown only if it measured the very checkpoint file the run has now (a run
     replaced with --force, or trained further, has another)."""
     path = eval_path(run.path, "test")

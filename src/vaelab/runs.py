@@ -25,7 +25,7 @@ from .config import Config, resolve_device
 from .data import Split, validation_split
 from .errors import CheckpointError, DamagedCheckpoint, VaelabError
 from .generate import class_index
-from .models import build_model
+from .models import build_model, learns_prior
 from .models.pixelcnn import prior_for
 from .pretrained import is_export, read_export
 
@@ -127,7 +127,7 @@ def attach_prior(run: Run) -> None:
     """RUN/prior.pt onto a discrete autoencoder, if it models this checkpoint's codes (another
     checkpoint's codes mean other things: then sampling says to train it again)."""
     path = run.path / PRIOR
-    if not getattr(run.model, "learns_prior", False) or not path.is_file():
+    if not learns_prior(run.model) or not path.is_file():
         return
     payload = load_checkpoint(path)
     if payload["autoencoder_sha256"] != run.checkpoint_sha256:

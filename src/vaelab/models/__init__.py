@@ -19,7 +19,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from .interface import Objective, count_parameters
+from .interface import Objective, count_parameters, learns_prior
 
 if TYPE_CHECKING:
     from torch import nn
@@ -33,7 +33,8 @@ FAMILIES = {"vae": ("vae", "VAE"), "hvae": ("hvae", "HVAE"),
             "capacity": ("disentangling", "CapacityVAE"),
             "vqvae": ("discrete", "VQVAE"), "fsq": ("discrete", "FSQ")}
 
-__all__ = ["FAMILIES", "Objective", "build_model", "count_parameters", "family_class"]
+__all__ = ["FAMILIES", "Objective", "build_model", "count_parameters", "family_class",
+           "learns_prior"]
 
 
 def family_class(name: str) -> type:

@@ -97,5 +97,10 @@ def one_hot(labels: torch.Tensor | None, classes: int) -> torch.Tensor | None:
     return F.one_hot(labels, classes).float()
 
 
+def learns_prior(model: nn.Module | type) -> bool:
+    """Whether a model (or family class) samples through a prior learned after it."""
+    return getattr(model, "learns_prior", False)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -53,6 +53,7 @@ class PixelCNNPrior(nn.Module):
                  classes: int = 0):
         super().__init__()
         self.codes, self.grid, self.classes = codes, tuple(grid), classes
+        self.settings = {"channels": channels, "layers": layers}  # what rebuilds it
         self.embed = nn.Embedding(codes, channels)
         self.first = MaskedConv2d(channels, 2 * channels, 7, "A")
         self.layers = nn.ModuleList(MaskedConv2d(channels, 2 * channels, 3, "B")
