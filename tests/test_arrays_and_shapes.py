@@ -9,7 +9,14 @@ import torch
 from vaelab import Config
 from vaelab.data import Split, validation_split, with_data_shape
 from vaelab.errors import DataError
-from vaelab.own_data import _check_given, _check_images, _check_labels, _read_arrays, convert
+from vaelab.own_data import (
+    _check_given,
+    _check_images,
+    _check_labels,
+    _read_arrays,
+    convert,
+    read_factors,
+)
 
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
 
@@ -155,3 +162,46 @@ def test_a_runs_validation_split_comes_from_where_its_data_lies_now(tmp_path):
     config = Config(data=str(tmp_path / "gone.npy"), val_fraction=0.25)
     val = validation_split(config, data=tmp_path / "moved.npy")
     assert len(val) == 3 and val.images.shape[1:] == (1, 4, 4)
+
+
+def factors_file(tmp_path, **arrays):
+    path = tmp_path / "with-factors.npz"
+    np.savez(path, images=np.zeros((len(arrays["factors"]), 4, 4), np.uint8), **arrays)
+    return path
+
+
+def test_factors_are_one_row_of_indices_per_image_with_their_names(tmp_path):
+    rows = np.array([[0, 2], [1, 0], [3, 1]], dtype=np.int16)
+    path = factors_file(tmp_path, factors=rows, factor_names=np.array(["shape", "scale"]))
+    factors, names = read_factors(path, 3)
+    assert factors.tolist() == rows.tolist() and factors.dtype == np.int64
+    assert names == ("shape", "scale")
+    unnamed = factors_file(tmp_path, factors=rows)
+    assert read_factors(unnamed, 3)[1] == ("factor 0", "factor 1")
+    assert read_factors(factors_file(tmp_path, factors=np.zeros((0, 2), int)), 0)[0].shape == (0, 2)
+    np.savez(tmp_path / "plain.npz", images=IMAGES)
+    assert read_factors(tmp_path / "plain.npz", 6) is None  # no factors: none
+    assert read_factors(tmp_path / "folder", 6) is None  # not an .npz: none
+
+
+def test_every_refusal_of_factors_word_for_word(tmp_path):
+    def message(count, **arrays):
+        path = factors_file(tmp_path, **arrays)
+        return refused(read_factors, path, count).replace(f"{path}: ", "")
+
+    shape_rule = ("expected (N, F) integers >= 0, each factor's value as an index (bin "
+                  "continuous factors first)")
+    assert message(3, factors=np.zeros(3, int)) == (
+        f"factors have shape (3,) and dtype int64; {shape_rule}")
+    assert message(2, factors=np.zeros((2, 2), np.float32)) == (
+        f"factors have shape (2, 2) and dtype float32; {shape_rule}")
+    assert message(2, factors=np.array([[0, -1], [0, 0]])) == (
+        f"factors have shape (2, 2) and dtype int64; {shape_rule}")
+    assert message(3, factors=np.zeros((2, 2), int)) == (
+        "3 images but 2 rows of factors; there must be one row per image")
+    assert message(2, factors=np.zeros((2, 2), int), factor_names=np.array(["a"])) == (
+        "2 factors but 1 factor_names")
+    assert message(2, factors=np.zeros((2, 2), int),
+                   factor_names=np.array(["a", None], dtype=object)) == (
+        "`factor_names` is an object array; save the names as strings, "
+        "numpy.array(names, dtype=str)")

@@ -141,6 +141,9 @@ def test_bernoulli_draws_ones_at_the_rate_sigmoid_gives_and_follows_the_generato
     def draw(seed):
         return Bernoulli().sample(logits, torch.Generator().manual_seed(seed))
 
+    # The picture it shows is the probability of a 1: logit log(p / (1 - p)) gives p.
+    assert torch.allclose(Bernoulli().mean(logits[:2]), torch.full((2, 1, 1, 1), 0.2),
+                          rtol=0, atol=4 * torch.finfo(torch.float32).eps)
     ones = draw(0)
     assert set(ones.unique().tolist()) == {0.0, 1.0} and ones.dtype == torch.float32
     assert abs(ones.mean().item() - 0.2) <= 5 * math.sqrt(0.2 * 0.8 / n)
