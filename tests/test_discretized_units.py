@@ -161,3 +161,24 @@ def test_the_registry_and_k_decodes_per_image():
     each = nll_samples(Bernoulli(), params, x)
     assert each.shape == (3, 2)
     assert torch.equal(each[2], Bernoulli().nll(params[2], x))
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "logistic", "logistic-mixture"])
+def test_pictures_and_draws_are_made_on_the_parameters_device(name):
+    """The tensors a likelihood makes (bin edges, uniform draws) follow its parameters' device,
+    never torch's default one: on a GPU a tensor made without a device would be a CPU one and
+    fail. Without a GPU, the stand-in is a default device of `meta`, where a tensor made
+    without naming its device lands (and mixing it with the CPU parameters fails)."""
+    likelihood = make_likelihood(name, 2)
+    params = torch.randn(2, likelihood.params_per_channel, 3, 3,
+                         generator=torch.Generator().manual_seed(0))
+    def seeded():
+        return torch.Generator().manual_seed(1)
+
+    picture, draw = likelihood.mean(params), likelihood.sample(params, seeded())
+    generator = seeded()
+    with torch.device("meta"):
+        assert torch.empty(1).device.type == "meta"  # the stand-in works
+        on_default = likelihood.mean(params), likelihood.sample(params, generator)
+    assert [tensor.device.type for tensor in on_default] == ["cpu", "cpu"]
+    assert torch.equal(on_default[0], picture) and torch.equal(on_default[1], draw)

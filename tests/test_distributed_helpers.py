@@ -212,9 +212,32 @@ def test_every_rank_agrees_on_the_largest_stop_signal(emulated, monkeypatch, min
     assert distributed.agreed_signal(mine) == mine  # alone: its own
     emulated(0, 2)
     monkeypatch.setattr(dist, "get_backend", lambda *args: "gloo")
-    monkeypatch.setattr(dist, "all_reduce",
-                        other_rank_adds(torch.tensor([other], dtype=torch.int64)))
-    assert distributed.agreed_signal(mine) == agreed
+    adds = other_rank_adds(torch.tensor([other], dtype=torch.int64))
+
+    def all_reduce(flag, op=None):
+        assert flag.device.type == "cpu"  # gloo's, not the default device (meta below)
+        adds(flag, op)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    with torch.device("meta"):
+        assert distributed.agreed_signal(mine) == agreed
+
+
+@pytest.mark.mutation
+def test_collectives_use_the_backends_device_and_ddp_the_networks_gpu(emulated, monkeypatch):
+    emulated(0, 2)
+    monkeypatch.setattr(dist, "get_backend", lambda *args: "gloo")
+    assert distributed._collective_device() == torch.device("cpu")
+    monkeypatch.setattr(dist, "get_backend", lambda *args: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert distributed._collective_device() == torch.device("cuda", 3)  # NCCL: this GPU
+
+    def ddp(network, device_ids):  # DistributedDataParallel's arguments, without a group
+        return device_ids
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", ddp)
+    assert distributed.wrap(torch.nn.Linear(2, 1), torch.device("cuda", 1)) == [1]
+    assert distributed.wrap(torch.nn.Linear(2, 1), torch.device("cpu")) is None
 
 
 @pytest.mark.mutation

@@ -92,6 +92,16 @@ def test_totals_of_one_image_average_over_one_image_and_one_batch():
                                      "t_batch_loss": 6.0}
 
 
+
+def test_totals_are_kept_on_the_device_asked_for_not_the_default_one():
+    """On a GPU run the sums live on the GPU; without one, a default device of `meta` stands
+    in for "not where asked" (see test_discretized_units' device test)."""
+    from vaelab.losses import Totals
+
+    with torch.device("meta"):
+        totals = Totals(torch.device("cpu"), ("kl_1",))
+    assert totals.sums.device.type == "cpu" and totals.sums.tolist() == [0.0, 0.0]
+
 def test_default_weights_are_one():
     """beta / kl_weight default to 1: the true ELBO and the unweighted IWAE bound."""
     from vaelab.likelihoods import Bernoulli, nll_samples
