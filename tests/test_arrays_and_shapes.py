@@ -149,6 +149,7 @@ def test_the_config_records_the_datas_shape_and_classes():
                   ("a", "b", "c"))
     config = with_data_shape(Config(data="x"), split)
     assert (config.channels, config.height, config.width, config.classes) == (3, 16, 24, None)
+    assert config.train_images == 5  # beta-TCVAE's estimator needs the training set's size
     conditional = with_data_shape(Config(data="x", conditional=True), split)
     assert conditional.classes == 3 and conditional.height == 16
     unlabelled = Split(split.images, None)

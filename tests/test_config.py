@@ -189,3 +189,17 @@ def test_resolve_device_prefers_cuda_then_mps_and_checks_the_index(monkeypatch):
     assert resolve_device("auto") == torch.device("mps")
     with pytest.raises(ConfigError, match="'cuda' is not available"):
         resolve_device("cuda")
+
+
+def test_a_setting_carries_its_default_its_reason_and_whether_it_is_a_flag():
+    """Config's fields are built by setting() while the module loads; the CLI reads its
+    metadata for every flag's help and for which fields are recorded from the data."""
+    from vaelab.config import setting
+
+    flag = setting(3, "why three")
+    assert (flag.default, dict(flag.metadata)) == (3, {"help": "why three", "flag": True})
+    recorded = setting(None, "from the data", flag=False)
+    assert (recorded.default, dict(recorded.metadata)) == (None, {"help": "from the data",
+                                                                  "flag": False})
+    from_data = {f.name for f in dataclasses.fields(Config) if not f.metadata["flag"]}
+    assert {"classes", "train_images", "height", "width"} <= from_data

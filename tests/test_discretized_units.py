@@ -15,6 +15,7 @@ from vaelab.discretized import (
     DiscretizedLogistic,
     DiscretizedLogisticMixture,
     expected_value,
+    log_bin_mass,
     sample_values,
 )
 from vaelab.likelihoods import Bernoulli, make_likelihood, nll_samples
@@ -78,6 +79,9 @@ def test_scales_beyond_the_bounds_act_as_the_bounds():
     for beyond, bound in ((-20.0, LOG_SCALE_MIN), (20.0, LOG_SCALE_MAX)):
         assert torch.equal(expected_value(mean, torch.full_like(mean, beyond)),
                            expected_value(mean, torch.full_like(mean, bound)))
+        levels = torch.arange(256, dtype=torch.float64) / 255
+        assert torch.equal(log_bin_mass(levels, mean[:1], torch.tensor(beyond)),
+                           log_bin_mass(levels, mean[:1], torch.tensor(bound)))
         mean_many = torch.full((100_000,), 0.5)
 
         def draw(log_scale):
