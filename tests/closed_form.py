@@ -38,8 +38,10 @@ def use_small_grids(monkeypatch) -> None:
         monkeypatch.setattr(vaelab.quadrature, name, value)
 
 
-def closed_form_model(latent_dim: int, logit: float = LOGIT) -> VAE:
-    model = VAE(latent_dim)
+def closed_form_model(latent_dim: int, logit: float = LOGIT, classes: int = 0) -> VAE:
+    """With classes: a conditional VAE, whose label reaches only zero weights (it must still
+    be given: a conditional network refuses to run without one)."""
+    model = VAE(latent_dim, classes=classes)
     with torch.no_grad():
         for layer in (model.encoder.mu, model.encoder.logvar):
             layer.weight.zero_()

@@ -15,6 +15,7 @@ from closed_form import (
 )
 
 from vaelab.data import load_split, to_float
+from vaelab.errors import VaelabError
 from vaelab.evaluate import evaluate_elbo, evaluate_run, log_likelihood_iw
 from vaelab.quadrature import compare_with_estimate, log_marginal
 
@@ -108,3 +109,41 @@ def test_evaluate_run_reports_the_closed_form(images):
     assert (result["images"], result["iw_samples"], result["active_units"],
             result["latent_dim"], result["conditional"]) == (3, 5, 0, 1, False)
     assert result["effective_samples_median"] == pytest.approx(5, rel=1e-12)
+
+
+def test_a_conditional_exact_comparison_takes_each_images_label_quietly(images, capsys):
+    """Each image is integrated with its own label; two images give a standard error, one
+    gives none (NaN); no progress bar unless asked."""
+    model = closed_form_model(1, classes=10)
+    exact = torch.tensor(closed_form_log_px(images[:2]), dtype=torch.float64)
+    tolerance = float32_tolerance(images) + QUADRATURE_ERROR
+    both = compare_with_estimate(model, images[:2], exact, labels=torch.tensor([7, 2]))
+    assert abs(both["exact_nll"] + exact.mean().item()) <= tolerance
+    assert abs(both["exact_nll_stderr"] - exact.std().item() / math.sqrt(2)) <= 2 * tolerance
+    one = compare_with_estimate(model, images[:1], exact[:1], labels=torch.tensor([7]))
+    assert math.isnan(one["exact_nll_stderr"]) and one["exact_gap_worst_image"] == 0
+    assert capsys.readouterr().err == ""  # no bar: progress is off by default
+    compare_with_estimate(model, images[:1], exact[:1], progress=True, labels=torch.tensor([7]))
+    bar = capsys.readouterr().err  # counts images, and is wiped when done (leaves no line)
+    assert "0/1 [" in bar and "image/s" in bar
+    assert bar.split("\r")[-2].strip() == "" and bar.endswith("\r")  # blanked, no newline
+
+
+def test_exact_is_refused_word_for_word_where_no_grid_can_integrate():
+    from vaelab import Config
+    from vaelab.models import build_model
+    from vaelab.quadrature import check_exact_possible
+
+    with pytest.raises(VaelabError) as three:
+        check_exact_possible(closed_form_model(3))
+    assert str(three.value) == (
+        "--exact integrates over z on a grid, which is possible for latent sizes 1 and 2; "
+        "this run has 3. Drop --exact (the importance-weighted estimate is the measure for "
+        "larger sizes)")
+    hvae = build_model(Config(model="hvae", hvae_channels=8, channels=1, height=28, width=28))
+    with pytest.raises(VaelabError) as groups:
+        check_exact_possible(hvae)
+    assert str(groups.value) == (
+        f"--exact integrates over z on a grid, which needs a single latent of size 1 or 2; "
+        f"this {hvae.summary} has {len(hvae.group_sizes)} latent groups of {hvae.noise_size} "
+        "units in all. Drop --exact (the importance-weighted estimate is the measure here)")
