@@ -1,5 +1,6 @@
 """`--data`: folders and arrays of images -> the same uint8 Splits as the IDX files; the cache."""
 
+import io
 import os
 import subprocess
 import sys
@@ -230,3 +231,74 @@ def test_a_symlink_loop_is_named(tmp_path):
     (tmp_path / "d" / "a" / "loop").symlink_to(tmp_path / "d")
     with pytest.raises(DataError, match="symbolic link loop"):
         load_data(Config(data=str(tmp_path / "d")))
+
+
+def refusal(call, *args) -> str:
+    with pytest.raises(DataError) as caught:
+        call(*args)
+    return str(caught.value)
+
+
+def test_every_sixteen_bit_value_rounds_to_the_nearest_eight_bit_one():
+    """All 65,536 values at once against v / 257 rounded in float64 (never a tie: 257 is
+    odd), so a rounding or a divisor off by one shows; a 16-bit picture of small values is
+    still scaled, and a 32-bit integer picture only when it goes above 255."""
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    expected = np.round(every / 257).astype(np.uint8)
+    assert np.array_equal(fit(Image.fromarray(every), None, 1, "w")[..., 0], expected)
+    small = np.array([[0, 128, 129, 255]], dtype=np.uint16)  # I;16 holding at most 255
+    assert fit(Image.fromarray(small), None, 1, "s")[0, :, 0].tolist() == [0, 0, 1, 1]
+    as_is = np.arange(256, dtype=np.int32).reshape(16, 16)  # mode I, 0-255: kept as it is
+    assert np.array_equal(fit(Image.fromarray(as_is, mode="I"), None, 1, "i")[..., 0], as_is)
+    above = np.array([[0, 256, 65535]], dtype=np.int32)  # mode I above 255: a 16-bit scale
+    assert fit(Image.fromarray(above, mode="I"), None, 1, "i")[0, :, 0].tolist() == [0, 1, 255]
+
+
+@pytest.mark.parametrize("value", [-1, 65536])
+def test_pixels_beyond_sixteen_bits_are_refused_naming_the_file(tmp_path, value):
+    picture = Image.fromarray(np.array([[0, value]], dtype=np.int32), mode="I")
+    assert refusal(fit, picture, None, 1, "p.tif") == (
+        "p.tif: holds pixel values beyond 16 bits; convert it to 8-bit")
+    picture.save(tmp_path / "p.tif")  # from a file, the error names its path
+    assert refusal(images_module.decode, tmp_path / "p.tif", None, 1) == (
+        f"{tmp_path / 'p.tif'}: holds pixel values beyond 16 bits; convert it to 8-bit")
+
+
+def test_a_file_that_cannot_be_decoded_is_named_with_pillows_reason(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:40])  # the header, not the pixels
+    try:  # Pillow's own words for it, whatever its version says
+        with Image.open(path) as picture:
+            picture.load()
+    except OSError as err:
+        reason = str(err).splitlines()[0]
+    assert refusal(images_module.decode, path, None, 1) == (
+        f"{path}: cannot be decoded ({reason}); replace or remove it (vaelab does not skip "
+        "images silently)")
+    floats = Image.fromarray(np.zeros((2, 2), np.float32))
+    assert refusal(fit, floats, None, 1, "f.tif") == (
+        "f.tif: holds 32-bit floating-point pixels, not an 8- or 16-bit picture; convert it "
+        "to 8-bit PNG")
+
+
+def test_available_memory_is_linuxs_memavailable_else_the_physical_memory(monkeypatch):
+    """Read through a stand-in /proc/meminfo; without one, the physical memory, which must be
+    MemTotal (the kernel's count of the same pages, in kB); without that, 1 TiB."""
+    with open("/proc/meminfo") as meminfo:
+        total = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+
+    def meminfo(text):
+        def fake_open(path, *args, **kwargs):
+            if path != "/proc/meminfo":
+                raise FileNotFoundError(path)
+            return io.StringIO(text)
+        return fake_open
+
+    monkeypatch.setattr(images_module, "open", meminfo(
+        "MemTotal:  100 kB\nMemFree:  7 kB\nMemAvailable:   42 kB\n"), raising=False)
+    assert images_module.available_memory() == 42 * 1024
+    monkeypatch.setattr(images_module, "open", meminfo("MemTotal:  100 kB\n"))  # no such line
+    assert images_module.available_memory() == total * 1024
+    monkeypatch.setattr(images_module.os, "sysconf", lambda name: int("unknown name"))
+    assert images_module.available_memory() == 1 << 40
