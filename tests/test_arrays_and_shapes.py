@@ -206,3 +206,29 @@ def test_every_refusal_of_factors_word_for_word(tmp_path):
                    factor_names=np.array(["a", None], dtype=object)) == (
         "`factor_names` is an object array; save the names as strings, "
         "numpy.array(names, dtype=str)")
+
+
+def test_a_sample_is_distinct_images_in_their_order_with_their_labels_and_names():
+    ids = torch.arange(10, dtype=torch.uint8)
+    split = Split(ids.view(10, 1, 1, 1), torch.arange(10) % 3, ("a", "b", "c"), ("f",))
+    for everything in (None, 10, 11):
+        assert split.sample(everything, 0) is split  # all of it: the split itself, in order
+    part = split.sample(4, 1)
+    chosen = part.images.flatten().tolist()
+    assert len(set(chosen)) == 4 and chosen == sorted(chosen)
+    assert part.labels.tolist() == [i % 3 for i in chosen]  # each keeps its own label
+    assert (part.classes, part.factor_names) == (("a", "b", "c"), ("f",))
+    assert part.sample(4, 1) is part and torch.equal(split.sample(4, 1).images, part.images)
+    assert split.sample(4, 2).images.flatten().tolist() != chosen  # the seed chooses
+    unlabelled = Split(split.images, None).sample(4, 1)
+    assert unlabelled.labels is None and unlabelled.images.flatten().tolist() == chosen
+
+
+def test_converting_more_than_memory_holds_is_refused_naming_the_array(monkeypatch):
+    import vaelab.images
+
+    monkeypatch.setattr(vaelab.images, "available_memory", lambda: 2_000_000_000)
+    many = np.broadcast_to(IMAGES[:1, ..., None], (50_000, 4, 4, 1))
+    assert refused(convert, many, 100, 3, "big.npz") == (
+        "big.npz: 50,000 images of 3x100x100 take 1.5 GB as uint8, more than half the 2.0 GB "
+        "of memory available; use --image-size to shrink them, or a subset")
