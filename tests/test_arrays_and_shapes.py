@@ -232,3 +232,6 @@ def test_converting_more_than_memory_holds_is_refused_naming_the_array(monkeypat
     assert refused(convert, many, 100, 3, "big.npz") == (
         "big.npz: 50,000 images of 3x100x100 take 1.5 GB as uint8, more than half the 2.0 GB "
         "of memory available; use --image-size to shrink them, or a subset")
+    needed = 2 * 3 * 4 * 4  # two images, made colour: exactly half of what is available fits
+    monkeypatch.setattr(vaelab.images, "available_memory", lambda: 2 * needed)
+    assert convert(IMAGES[:2, ..., None], None, 3, "fits.npz").shape == (2, 3, 4, 4)
