@@ -1,10 +1,12 @@
-"""`make mutation` can run at this commit: every module and test file that [tool.mutmut] names
-exists, the selection collects (as mutmut collects it), every listed file gives it tests, and no
-test marked `mutation` lies in a file the selection leaves out."""
+"""The suite's own guards can run at this commit. `make mutation`: every module and test file
+that [tool.mutmut] names exists, the selection collects (as mutmut collects it), every listed
+file gives it tests, and no test marked `mutation` lies in a file the selection leaves out.
+`make test-cpus`: every test file that compares floats within a tolerance is in its list."""
 
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import tomllib
 from conftest import REPO
@@ -35,3 +37,25 @@ def test_no_marked_test_is_left_out_of_the_selection():
               if re.search(r"pytest\.mark\.mutation\b", path.read_text())}
     assert sorted(marked - set(LISTED_FILES)) == [], \
         "files with tests marked `mutation` that [tool.mutmut] does not list"
+
+
+# A comparison within a tolerance, as the suite writes them: pytest.approx, torch/numpy's
+# allclose and isclose, an atol=/rtol= argument, `<= tolerance`, or abs(a - b) < bound.
+TOLERANCE = re.compile(r"\b(approx|allclose|isclose)\(|\b[ar]tol=|[<>]=? *tolerance\b"
+                       r"|\babs\(.*\) *<=? *[0-9(]")
+
+
+def numeric_tests_of_the_makefile() -> set[str]:
+    makefile = (REPO / "Makefile").read_text()
+    listing = re.search(r"^NUMERIC_TESTS = ((?:.*\\\n)*.*)$", makefile, re.MULTILINE)
+    return set(listing.group(1).replace("\\\n", " ").split())
+
+
+def test_every_file_with_a_float_tolerance_runs_under_every_cpu():
+    listed = numeric_tests_of_the_makefile()
+    assert {"tests/test_losses.py", "tests/test_closed_forms.py"} <= listed  # the parse works
+    assert sorted(path for path in listed if not (REPO / path).is_file()) == []
+    with_tolerance = {f"tests/{path.name}" for path in (REPO / "tests").glob("test_*.py")
+                      if TOLERANCE.search(path.read_text()) and path.name != Path(__file__).name}
+    assert sorted(with_tolerance - listed) == [], \
+        "files comparing floats within a tolerance that NUMERIC_TESTS in the Makefile leaves out"
