@@ -235,3 +235,23 @@ def test_converting_more_than_memory_holds_is_refused_naming_the_array(monkeypat
     needed = 2 * 3 * 4 * 4  # two images, made colour: exactly half of what is available fits
     monkeypatch.setattr(vaelab.images, "available_memory", lambda: 2 * needed)
     assert convert(IMAGES[:2, ..., None], None, 3, "fits.npz").shape == (2, 3, 4, 4)
+
+
+@pytest.mark.parametrize("name", ["pictures", "x", "data", "digits", "faces", "arr"])
+def test_the_one_array_that_is_not_labels_classes_or_factors_holds_the_images(tmp_path, name):
+    """Whatever it is called; and `images` wins over any other array. (Set order decides
+    nothing: several names, each beside arrays that would be refused as images.)"""
+    np.savez(tmp_path / "a.npz", **{name: IMAGES}, labels=np.arange(6) % 2,
+             classes=np.array(["odd one", "even one"]), factors=np.zeros((6, 1), int))
+    images, labels, classes, _ = _read_arrays(tmp_path / "a.npz")
+    assert images.shape == (6, 4, 4, 1) and classes == ("odd one", "even one")
+    extras = {f"{name}_{k}": np.zeros(3) for k in range(3)}
+    np.savez(tmp_path / "b.npz", images=IMAGES, **extras)
+    assert _read_arrays(tmp_path / "b.npz")[0].shape == (6, 4, 4, 1)
+
+
+def test_factors_are_checked_as_the_images_are_read(tmp_path):
+    path = tmp_path / "a.npz"
+    np.savez(path, images=IMAGES, factors=np.zeros((5, 2), int))
+    assert refused(_read_arrays, path) == (
+        f"{path}: 6 images but 5 rows of factors; there must be one row per image")

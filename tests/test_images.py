@@ -302,3 +302,61 @@ def test_available_memory_is_linuxs_memavailable_else_the_physical_memory(monkey
     assert images_module.available_memory() == total * 1024
     monkeypatch.setattr(images_module.os, "sysconf", lambda name: int("unknown name"))
     assert images_module.available_memory() == 1 << 40
+
+
+def test_the_cache_is_found_only_for_the_same_size_and_the_channels_a_run_records(
+        tmp_path, monkeypatch):
+    """A run records its images' channels, so a later command asks for them: the decode made
+    without --channels serves it. A different size is decoded anew."""
+    folder = tmp_path / "d"
+    pictures(folder, [f"{i}.png" for i in range(4)], size=(20, 20))
+    decoded = []
+    real = images_module.decode
+    monkeypatch.setattr(images_module, "decode", lambda *a: decoded.append(a[0]) or real(*a))
+    listing = images_module.list_folder(folder)
+    first = images_module.read_folder(listing, 16, None, "conv")
+    assert first.shape == (4, 3, 16, 16) and len(decoded) == 4
+    again = images_module.read_folder(listing, 16, 3, "conv")  # as the run records it
+    assert torch.equal(again, first) and len(decoded) == 4  # from the cache
+    assert torch.equal(images_module.read_folder(listing, 16, 3, "conv"), first)
+    assert len(decoded) == 4
+    whole = images_module.read_folder(listing, None, 3, "conv")  # another size: decoded
+    assert whole.shape == (4, 3, 20, 20) and len(decoded) == 8
+    grey = images_module.read_folder(listing, 16, 1, "conv")  # other channels: decoded
+    assert grey.shape == (4, 1, 16, 16) and len(decoded) == 12
+    assert torch.equal(images_module.read_folder(listing, 16, 1, "conv"), grey)
+    assert len(decoded) == 12  # its own entry now
+
+
+def test_a_file_whose_header_cannot_be_read_is_named_with_pillows_reason(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(b"not a picture at all")
+    try:
+        Image.open(path)
+    except OSError as err:
+        reason = str(err).splitlines()[0]
+    assert refusal(images_module.probe, path) == (
+        f"{path}: cannot be read as an image ({reason}); replace or remove it")
+
+
+def test_a_folder_of_grey_and_colour_pictures_asks_for_channels(tmp_path):
+    pictures(tmp_path / "d", ["a.png", "b.png"], size=(16, 16), mode="L")
+    pictures(tmp_path / "d", ["c.png"], size=(16, 16))
+    listing = images_module.list_folder(tmp_path / "d")
+    assert refusal(images_module.read_folder, listing, None, None, "conv") == (
+        f"{tmp_path / 'd' / 'c.png'} is colour but {tmp_path / 'd' / 'a.png'} is grey; "
+        "give --channels 1 or 3")
+
+
+def test_a_folder_of_two_sizes_or_too_large_for_memory_is_refused_word_for_word(
+        tmp_path, monkeypatch):
+    pictures(tmp_path / "d", ["a.png"], size=(20, 16))
+    pictures(tmp_path / "d", ["b.png", "c.png"], size=(16, 16))
+    listing = images_module.list_folder(tmp_path / "d")
+    assert refusal(images_module.read_folder, listing, None, None, "conv") == (
+        f"{tmp_path / 'd' / 'b.png'} is 16x16 but {tmp_path / 'd' / 'a.png'} is 20x16; give "
+        "--image-size S to resize all images to SxS")
+    monkeypatch.setattr(images_module, "available_memory", lambda: 1000)
+    assert refusal(images_module.read_folder, listing, 16, None, "conv") == (
+        f"{tmp_path / 'd'}: 3 images of 3x16x16 take 0.0 GB as uint8, more than half the 0.0 GB "
+        "of memory available; use --image-size to shrink them, or a subset")
