@@ -147,3 +147,73 @@ def test_exact_is_refused_word_for_word_where_no_grid_can_integrate():
         f"--exact integrates over z on a grid, which needs a single latent of size 1 or 2; "
         f"this {hvae.summary} has {len(hvae.group_sizes)} latent groups of {hvae.noise_size} "
         "units in all. Drop --exact (the importance-weighted estimate is the measure here)")
+
+
+# ---- the quadrature's own steps, on an integrand known in closed form -------------------------
+
+def gaussian_bump(monkeypatch, centre: float, sd: float, log_mass: float, label: int = 4):
+    """Stand in for log p(x|z, y) + log p(z) with log_mass + log N(z; centre, sd^2) on every
+    axis: its integral over z is exp(log_mass), and all of its mass lies within a known box.
+    The label must reach it, as a conditional model's would."""
+    import vaelab.quadrature as quadrature
+
+    def log_joint(model, x, z, y=None):
+        assert y is not None and y.tolist() == [label], "the label did not reach log_joint"
+        per_axis = -0.5 * ((z - centre) / sd) ** 2 - math.log(sd * math.sqrt(2 * math.pi))
+        return log_mass + per_axis.sum(1)
+
+    monkeypatch.setattr(quadrature, "log_joint", log_joint)
+    return torch.tensor([label])
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_the_box_holds_the_mass_padded_by_two_coarse_cells_and_q_within_6_sd(monkeypatch, dim):
+    """The mass (within MASS_WINDOW nats of the peak, which lies on a coarse point) of
+    N(0, 0.1^2) reaches 0.1 sqrt(2 MASS_WINDOW) from 0; the box ends at the last coarse point
+    inside, plus two cells: between one and two cells beyond that reach. q(z|x)'s mean +- 6 sd
+    widens it, and the prior's box [-RADIUS, RADIUS] bounds it."""
+    import vaelab.quadrature as quadrature
+
+    y = gaussian_bump(monkeypatch, 0.0, 0.1, -50.0)
+    cell = 2 * quadrature.RADIUS / (quadrature.COARSE_POINTS[dim] - 1)
+    reach = 0.1 * math.sqrt(2 * quadrature.MASS_WINDOW)
+    narrow_q = (torch.zeros(dim), torch.full((dim,), 2 * math.log(0.01)))  # inside the mass
+    lows, highs = quadrature.integration_box(None, None, *narrow_q, y)
+    for low, high in zip(lows.tolist(), highs.tolist()):
+        assert -reach - 2 * cell - 1e-12 <= low < -reach - cell
+        assert reach + cell < high <= reach + 2 * cell + 1e-12
+    sd_half = torch.full((dim,), 2 * math.log(0.5), dtype=torch.float64)
+    lows, highs = quadrature.integration_box(None, None, torch.full((dim,), -1.0), sd_half, y)
+    assert lows.tolist() == pytest.approx([-1.0 - 6 * 0.5] * dim, abs=1e-12)
+    assert highs.tolist() == pytest.approx([-1.0 + 6 * 0.5] * dim, abs=1e-12)
+    beyond_q = (torch.full((dim,), 5.0), torch.full((dim,), 2 * math.log(2.0)))  # to 17
+    assert quadrature.integration_box(None, None, *beyond_q, y)[1].tolist() == \
+        [quadrature.RADIUS] * dim
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_the_quadrature_integrates_a_narrow_bump_to_its_mass(monkeypatch, dim):
+    """Its integral is exp(-50) whatever the width: the grid's error on a Gaussian is far
+    below TOLERANCE once refinement stops (see closed_form.py), so within 2 TOLERANCE."""
+    import vaelab.quadrature as quadrature
+
+    y = gaussian_bump(monkeypatch, 1.0, 0.05, -50.0)
+    mu, logvar = torch.ones(dim), torch.full((dim,), 2 * math.log(0.05))
+    estimate = quadrature.log_marginal(None, None, mu, logvar, y)
+    assert abs(estimate + 50.0) <= 2 * quadrature.TOLERANCE
+
+
+def test_a_bump_too_narrow_for_the_finest_grid_is_refused_at_that_grid(monkeypatch):
+    """Grids of 5, 9, 17 and 33 points (each doubling the last's resolution: 2n - 1) over a
+    box 200 times the bump's width never settle, and the refusal names the last grid."""
+    import vaelab.quadrature as quadrature
+
+    y = gaussian_bump(monkeypatch, 0.0, 1e-4, -50.0)
+    monkeypatch.setattr(quadrature, "FINE_POINTS", {1: (5, 33)})
+    monkeypatch.setattr(quadrature, "integration_box",
+                        lambda *args: (torch.tensor([-0.01]), torch.tensor([0.01])))
+    with pytest.raises(VaelabError) as caught:
+        quadrature.log_marginal(None, None, torch.zeros(1), torch.zeros(1), y)
+    assert str(caught.value) == (
+        f"the quadrature did not settle within {quadrature.TOLERANCE} nats at 33 points per "
+        "axis; the posterior is too narrow for --exact")
