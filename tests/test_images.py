@@ -360,3 +360,72 @@ def test_a_folder_of_two_sizes_or_too_large_for_memory_is_refused_word_for_word(
     assert refusal(images_module.read_folder, listing, 16, None, "conv") == (
         f"{tmp_path / 'd'}: 3 images of 3x16x16 take 0.0 GB as uint8, more than half the 0.0 GB "
         "of memory available; use --image-size to shrink them, or a subset")
+
+
+def test_listing_refusals_word_for_word(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    assert refusal(images_module.list_folder, tmp_path / "a.txt") == (
+        f"{tmp_path / 'a.txt'} is a file; --data takes a folder of images or an .npz/.npy array")
+    assert refusal(images_module.list_folder, tmp_path / "none") == (
+        f"{tmp_path / 'none'}: no such folder; point --data at a folder of images or an "
+        ".npz/.npy file")
+    assert refusal(images_module.list_folder, tmp_path) == (
+        f"{tmp_path} holds no image files (.png, .jpg, .jpeg, .bmp, .gif, ...); point --data "
+        "at a folder of pictures")
+    pictures(tmp_path / "d" / "train" / "a", ["0.png"], size=(16, 16))
+    pictures(tmp_path / "d" / "val", ["0.png"], size=(16, 16))
+    assert refusal(images_module.list_folder, tmp_path / "d") == (
+        f"{tmp_path / 'd' / 'train'} and {tmp_path / 'd' / 'val'} are laid out differently "
+        "(class subfolders in one only); give both class subfolders, or neither")
+    (tmp_path / "e" / "a").mkdir(parents=True)
+    pictures(tmp_path / "e" / "b", ["0.png"], size=(16, 16))
+    assert refusal(images_module.list_folder, tmp_path / "e") == (
+        f"class folder {tmp_path / 'e' / 'a'} holds no images; add some or remove it")
+
+
+def test_train_alone_is_held_out_from_and_a_class_may_lack_validation_images(tmp_path):
+    pictures(tmp_path / "d" / "train" / "a", ["0.png", "1.png"], size=(16, 16))
+    pictures(tmp_path / "d" / "train" / "b", ["0.png"], size=(16, 16))
+    alone = images_module.list_folder(tmp_path / "d")
+    assert alone.root == tmp_path / "d" / "train" and alone.given is None
+    assert (alone.labels, alone.classes) == ([0, 0, 1], ("a", "b"))
+    pictures(tmp_path / "d" / "val" / "a", ["2.png"], size=(16, 16))
+    both = images_module.list_folder(tmp_path / "d")
+    assert (both.labels, both.classes) == ([0, 0, 1, 0], ("a", "b"))
+    assert both.given == ["train", "train", "train", "val"]
+    pictures(tmp_path / "u" / "train", ["0.png"], size=(16, 16))
+    pictures(tmp_path / "u" / "val", ["0.png"], size=(16, 16))
+    unlabelled = images_module.list_folder(tmp_path / "u")
+    assert unlabelled.labels is None and unlabelled.classes == () and len(unlabelled.files) == 2
+
+
+def test_hidden_entries_and_other_files_beside_class_folders_are_passed_over(tmp_path):
+    root = tmp_path / "d"
+    pictures(root / "a", [f"{i}.png" for i in range(6)] + [".x0.png", ".x1.png", ".x2.png"],
+             size=(16, 16))
+    pictures(root / "b", ["0.png"], size=(16, 16))
+    pictures(root / ".thumbnails", ["0.png"], size=(16, 16))
+    (root / "README.txt").write_text("not an image: the class folders still give labels")
+    listing = images_module.list_folder(root)
+    assert listing.classes == ("a", "b") and listing.labels == [0] * 6 + [1]
+    assert [path.name for path in listing.files] == [f"{i}.png" for i in range(6)] + ["0.png"]
+
+
+@pytest.mark.parametrize("inside", ["a", "a/b"])
+def test_a_link_back_up_the_tree_is_named_where_it_lies(tmp_path, inside):
+    root = tmp_path / "d"
+    pictures(root / inside, ["0.png"], size=(16, 16))
+    pictures(root / "c", ["0.png"], size=(16, 16))
+    (root / inside / "up").symlink_to(root / "a", target_is_directory=True)
+    assert refusal(images_module.list_folder, root) == (
+        f"{root / inside / 'up'} is a symbolic link loop (it leads back to {root / 'a'}); "
+        "remove the link")
+
+
+def test_a_palette_is_grey_when_its_colours_are_and_without_one():
+    colour = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8))
+    assert images_module.channels_of(colour.quantize(4), "p") == 3
+    grey = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
+    assert images_module.channels_of(grey, "p") == 1
+    bare = Image.frombytes("P", (2, 2), bytes([0, 1, 2, 3]))
+    assert bare.getpalette() == [] and images_module.channels_of(bare, "p") == 1
