@@ -255,3 +255,38 @@ def test_factors_are_checked_as_the_images_are_read(tmp_path):
     np.savez(path, images=IMAGES, factors=np.zeros((5, 2), int))
     assert refused(_read_arrays, path) == (
         f"{path}: 6 images but 5 rows of factors; there must be one row per image")
+
+
+def test_holding_out_refuses_word_for_word_when_a_class_or_the_data_would_not_train():
+    from vaelab.own_data import held_out
+
+    def refusal_of(labels, count, classes, fraction=0.1):
+        return refused(held_out, labels, count, Config(val_fraction=fraction), classes)
+
+    assert refusal_of(torch.tensor([0, 0, 2]), 3, ("a", "b", "c")) == (
+        "class 'b' has no images: labels must number the classes 0, 1, 2, ... without gaps "
+        "(or give `classes` only for labels in use)")
+    assert refusal_of(None, 1, ()) == (
+        "the data has 1 image(s): holding out 1 for validation leaves none to train on; add "
+        "images, or give train/ and val/ folders")
+    assert refusal_of(torch.tensor([0, 0, 1, 1, 1]), 5, ("a", "b"), 0.9) == (
+        "class 'a' has 2 image(s): holding out 2 for validation leaves none to train on; add "
+        "images, lower --val-fraction, or give train/ and val/ folders")
+    kept = held_out(torch.tensor([0, 0, 1, 1, 1]), 5, Config(val_fraction=0.4), ("a", "b"))
+    assert kept.tolist().count(True) == 2 and kept[:2].sum() == 1 and kept[2:].sum() == 1
+
+
+def test_conditional_runs_need_labels_and_given_splits_are_checked(tmp_path):
+    from vaelab.own_data import _check_labelled, _split
+
+    assert refused(_check_labelled, Config(conditional=True), None, tmp_path) == (
+        f"--conditional needs labelled images, and {tmp_path} has none: put each class in its "
+        "own subfolder (or give labels in the .npz), or train without --conditional")
+    _check_labelled(Config(conditional=True), torch.tensor([0]), tmp_path)  # labelled: fine
+    _check_labelled(Config(), None, tmp_path)  # not conditional: fine
+    given = torch.tensor([False, True, True])
+    assert refused(_split, torch.tensor([0, 1, 1]), 3, ("a", "b"), given, Config(),
+                   tmp_path) == (f"{tmp_path}: class 'b' has no training images; add some to "
+                                 "its training folder or remove the class")
+    fine = torch.tensor([False, False, True])
+    assert _split(torch.tensor([0, 1, 0]), 3, ("a", "b"), fine, Config(), tmp_path) is fine
