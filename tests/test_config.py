@@ -203,3 +203,10 @@ def test_a_setting_carries_its_default_its_reason_and_whether_it_is_a_flag():
                                                                   "flag": False})
     from_data = {f.name for f in dataclasses.fields(Config) if not f.metadata["flag"]}
     assert {"classes", "train_images", "height", "width"} <= from_data
+
+
+def test_an_error_names_the_network_by_the_flag_that_chose_it():
+    from vaelab.config import network_of
+
+    assert network_of(Config(arch="resnet")) == "--arch resnet"
+    assert network_of(Config(model="hvae")) == "--model hvae"

@@ -494,3 +494,22 @@ def test_two_real_ranks_split_a_short_batch_and_average_to_its_mean(tmp_path):
     for r in results:
         assert abs(r["gradient"].item() - 13.0) <= 7 * torch.finfo(torch.float64).eps * 36
         assert r["order"] == [0, 1, 0, 1]  # batch i computed by rank i % 2, in batch order
+
+
+@pytest.mark.mutation
+@pytest.mark.parametrize("rank", [0, 1])
+def test_writer_first_lets_rank_0_finish_before_the_others_start(emulated, monkeypatch, rank):
+    """Rank 0 runs the action, then its outcome is broadcast; the others run it only after
+    that broadcast returned (a stand-in records the order)."""
+    emulated(rank, 2)
+    events = []
+
+    def broadcast_object_list(outcome, src=0):
+        events.append("broadcast")
+        if rank:
+            outcome[0] = ("ok", "rank 0's result")
+
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast_object_list)
+    result = distributed.writer_first(lambda: events.append("action") or f"rank {rank}'s")
+    assert events == (["action", "broadcast"] if rank == 0 else ["broadcast", "action"])
+    assert result == f"rank {rank}'s"
