@@ -111,3 +111,28 @@ def test_a_gzip_bomb_header_is_refused_quickly(tmp_path):
     justified = write(tmp_path / "f.gz", data, True)
     array, peak = read_with_peak(tmp_path / "f.gz")
     assert array is None and peak < justified + SLACK
+
+
+def test_every_defect_of_an_idx_file_is_named_word_for_word(tmp_path):
+    path = tmp_path / "labels-idx1-ubyte"
+
+    def refusal(content: bytes) -> str:
+        path.write_bytes(content)
+        with pytest.raises(DataError) as caught:
+            read_idx(path)
+        assert str(caught.value).startswith(f"{path}: ")
+        return str(caught.value)[len(f"{path}: "):]
+
+    fix = "; replace it with the official file"
+    three = b"\x00\x00\x08\x01" + struct.pack(">I", 3)
+    assert refusal(b"\x00\x00\x09\x01" + three[4:] + b"abc") == (
+        "not an IDX file of uint8 images or labels (magic number 00000901)" + fix)
+    assert refusal(three + b"ab") == "truncated (2 of 3 expected bytes)" + fix
+    assert refusal(b"\x00\x00\x08\x01" + struct.pack(">I", 100) + b"ab") == (
+        "header declares shape (100,) (100 bytes), more than the file can hold: truncated or "
+        "damaged" + fix)
+    assert refusal(three + b"abcd") == "has bytes after its declared shape (3,)" + fix
+    assert refusal(b"\x00\x00\x08\x03" + struct.pack(">3I", 0, 4_000_000_000, 4_000_000_000)) \
+        == "header declares shape (0, 4000000000, 4000000000), which no array can hold" + fix
+    path.write_bytes(three + b"abc")  # the same header with its bytes: read as they are
+    assert read_idx(path).tolist() == list(b"abc")
