@@ -4,6 +4,7 @@ written and refused, in seconds (no training); then `vaelab evaluate --checkpoin
 
 import json
 import math
+import sys
 import time
 
 import pytest
@@ -313,3 +314,46 @@ def test_evaluate_split_train_writes_eval_train_json(tiny_config, tmp_path, caps
     assert torch.equal(seen[0][1], expected)
 
 
+
+
+@pytest.mark.mutation
+def test_write_evaluation_defaults_to_seed_0_and_shows_progress_when_asked(
+        data_dir, tmp_path, capsys, monkeypatch):
+    """The default seed is 0 (a model whose q(z|x) is not p(z): the seed shows); the bar
+    appears when asked, or by default on a terminal, never when told not to."""
+    from vaelab.evaluate import write_evaluation
+
+    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=3)
+
+    def nll(**options):
+        return write_evaluation(str(run), samples=3, limit=4, **options)[0]["nll"]
+
+    assert nll(progress=False) == nll(seed=0, progress=False) != nll(seed=1, progress=False)
+    assert capsys.readouterr().err == ""
+    nll(progress=True)
+    assert "image" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: shown by default
+    nll()
+    assert "image" in capsys.readouterr().err
+    nll(progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.mutation
+def test_write_evaluation_reads_an_own_folder_from_where_it_lies_now(tmp_path):
+    """A run on a folder of images that has since moved: --data says where."""
+    from PIL import Image
+
+    from vaelab.evaluate import write_evaluation
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray((torch.arange(784) % (i + 2) * 30).byte().view(28, 28).numpy()).save(
+            folder / f"{i}.png")
+    run = untrained_run(tmp_path / "run", True, data=str(folder), latent_dim=2,
+                        val_fraction=0.5, channels=1, height=28, width=28)
+    folder.rename(tmp_path / "moved")
+    result, _ = write_evaluation(str(run), samples=2, data=str(tmp_path / "moved"),
+                                 progress=False)
+    assert result["images"] == 4 and result["dataset"] == str(folder)
