@@ -357,3 +357,13 @@ def test_write_evaluation_reads_an_own_folder_from_where_it_lies_now(tmp_path):
     result, _ = write_evaluation(str(run), samples=2, data=str(tmp_path / "moved"),
                                  progress=False)
     assert result["images"] == 4 and result["dataset"] == str(folder)
+
+
+@pytest.mark.mutation
+def test_write_evaluation_of_a_conditional_run_gives_each_image_its_label(data_dir, tmp_path):
+    from vaelab.evaluate import write_evaluation
+
+    run = untrained_run(tmp_path / "run", data_dir=str(data_dir), latent_dim=2,
+                        conditional=True, classes=10)
+    result, _ = write_evaluation(str(run), samples=2, limit=3, progress=False)
+    assert result["conditional"] is True and result["images"] == 3
