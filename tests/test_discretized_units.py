@@ -160,6 +160,7 @@ def test_the_registry_and_k_decodes_per_image():
     mixture = make_likelihood("logistic-mixture", 4)
     assert mixture.components == 4 and mixture.params_per_channel == 12
     assert make_likelihood("logistic-mixture").components == 10
+    assert DiscretizedLogisticMixture().components == 10  # PixelCNN++'s, as the registry's
     params = torch.randn(3, 2, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     x = torch.rand(2, 1, 2, 2, generator=torch.Generator().manual_seed(1))
     each = nll_samples(Bernoulli(), params, x)
