@@ -290,3 +290,38 @@ def test_conditional_runs_need_labels_and_given_splits_are_checked(tmp_path):
                                  "its training folder or remove the class")
     fine = torch.tensor([False, False, True])
     assert _split(torch.tensor([0, 1, 0]), 3, ("a", "b"), fine, Config(), tmp_path) is fine
+
+
+def test_a_head_keeps_labels_classes_and_factor_names():
+    split = Split(torch.from_numpy(IMAGES[:, None].copy()), torch.arange(6) % 2, ("a", "b"),
+                  ("f",))
+    head = split.head(4)
+    assert torch.equal(head.images, split.images[:4]) and head.labels.tolist() == [0, 1, 0, 1]
+    assert (head.classes, head.factor_names) == (("a", "b"), ("f",))
+    assert Split(split.images, None).head(2).labels is None
+
+
+def test_an_array_file_as_data_names_itself_in_every_refusal(tmp_path, monkeypatch):
+    from vaelab.own_data import load_image_data
+
+    labelled = tmp_path / "labelled.npz"
+    np.savez(labelled, images=IMAGES, labels=np.arange(6) % 2)
+    images, labels, classes, is_val = load_image_data(Config(data=str(labelled),
+                                                             conditional=True))
+    assert images.shape == (6, 1, 4, 4) and labels.tolist() == [0, 1] * 3 and int(is_val.sum())
+    unlabelled = tmp_path / "plain.npy"
+    np.save(unlabelled, IMAGES)
+    assert refused(load_image_data, Config(data=str(unlabelled), conditional=True)) == (
+        f"--conditional needs labelled images, and {unlabelled} has none: put each class in "
+        "its own subfolder (or give labels in the .npz), or train without --conditional")
+    keras = tmp_path / "keras.npz"
+    np.savez(keras, x_train=IMAGES[:4], y_train=np.zeros(4, int), x_test=IMAGES[4:],
+             y_test=np.array([0, 1]))
+    assert refused(load_image_data, Config(data=str(keras))) == (
+        f"{keras}: class '1' has no training images; add some to its training folder or "
+        "remove the class")
+    import vaelab.images
+
+    monkeypatch.setattr(vaelab.images, "available_memory", lambda: 100)
+    assert refused(load_image_data, Config(data=str(labelled), image_size=16)).startswith(
+        f"{labelled}: 6 images of 1x16x16 take 0.0 GB as uint8")

@@ -217,3 +217,16 @@ def test_a_bump_too_narrow_for_the_finest_grid_is_refused_at_that_grid(monkeypat
     assert str(caught.value) == (
         f"the quadrature did not settle within {quadrature.TOLERANCE} nats at 33 points per "
         "axis; the posterior is too narrow for --exact")
+
+
+def test_evaluate_run_of_a_conditional_model_with_exact_takes_the_labels(images):
+    from vaelab.evaluate import evaluate_run
+
+    chosen = images[:2]
+    exact = torch.tensor(closed_form_log_px(chosen), dtype=torch.float64)
+    tolerance = float32_tolerance(images) + QUADRATURE_ERROR
+    result = evaluate_run(closed_form_model(1, classes=10), chosen, samples=3, seed=1,
+                          exact=True, labels=torch.tensor([3, 8]))
+    assert result["conditional"] is True
+    for key in ("nll", "exact_nll"):
+        assert abs(result[key] + exact.mean().item()) <= 2 * tolerance, key

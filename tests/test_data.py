@@ -326,3 +326,32 @@ def test_wrong_image_shape_names_the_image_file(data_dir, tmp_path):
         load_split("mnist", "val", tmp_path, download=False)
     assert str(caught.value) == (f"{tmp_path / 't10k-images-idx3-ubyte'}: holds shape "
                                  "(10000, 28, 27), expected N x 28 x 28 images")
+
+
+def test_a_runs_split_is_whole_and_resized_as_its_config_says(data_dir, tmp_path):
+    """--image-size and --channels reach an IDX set as any other source: each image is
+    Pillow's bilinear resize of the original, grey copied into three channels; the limits
+    are the training's, not the split's (a run's figures use its whole validation set)."""
+    from PIL import Image
+
+    from vaelab import Config
+    from vaelab.data import run_split
+
+    original = load_split("mnist", "val", data_dir)
+    config = Config(data_dir=str(data_dir), image_size=16, channels=3, limit_val=5)
+    resized = run_split(config, "val")
+    assert resized.images.shape == (10_000, 3, 16, 16)
+    assert torch.equal(resized.labels, original.labels) and resized.classes == original.classes
+    for i in (0, 9_999):
+        picture = Image.fromarray(original.images[i, 0].numpy()).convert("RGB")
+        expected = np.asarray(picture.resize((16, 16), Image.Resampling.BILINEAR))
+        assert np.array_equal(resized.images[i].permute(1, 2, 0).numpy(), expected)
+    assert run_split(Config(data_dir=str(data_dir)), "val").images.shape == (10_000, 1, 28, 28)
+    grey = run_split(Config(data_dir=str(data_dir), channels=1, limit_val=5), "val")
+    assert torch.equal(grey.images, original.images)  # nothing to convert: as read
+    folder = tmp_path / "d"
+    for i in range(10):
+        (folder / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16), i * 20, np.uint8)).save(folder / str(i % 2) / f"{i}.png")
+    limited = Config(data=str(folder), limit_train=1, limit_val=1, val_fraction=0.4)
+    assert (len(run_split(limited, "train")), len(run_split(limited, "val"))) == (6, 4)

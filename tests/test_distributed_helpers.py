@@ -197,11 +197,11 @@ def test_gathered_orders_every_ranks_results_by_batch(emulated, monkeypatch):
     assert distributed.gathered([(2, "c"), (0, "a")]) == ["c", "a"]  # alone: as computed
     emulated(1, 2)
 
-    def all_gather_object(everyone, mine):
-        everyone[:] = [[(0, "a"), (2, "c"), (4, "e")], mine]
+    def all_gather_object(everyone, mine):  # values that sort otherwise than their batches
+        everyone[:] = [[(0, "e"), (2, "c"), (4, "a")], mine]
 
     monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
-    assert distributed.gathered([(3, "d"), (1, "b")]) == ["a", "b", "c", "d", "e"]
+    assert distributed.gathered([(3, "b"), (1, "d")]) == ["e", "d", "c", "b", "a"]
 
 
 @pytest.mark.mutation

@@ -137,6 +137,19 @@ def test_summary_has_standard_errors_bits_and_active_units():
     assert result["neg_elbo_bits_per_dim"] == pytest.approx(107.0 / (784 * math.log(2)))
     assert result["active_units"] == 1  # variances 0, 2/3, 1/600: only the middle unit
     assert result["effective_samples_median"] == 40.0
+    assert "kl_per_group" not in result and "kl_per_group" not in summarize(estimates, 784, (3,))
+    # Two latent groups, of 1 and 2 units (top first), with a KL each; one image alone has no
+    # standard error.
+    grouped = dict(estimates, kl_1=torch.tensor([5.0, 7.0, 9.0], dtype=torch.float64),
+                   kl_2=torch.tensor([20.0, 18.0, 16.0], dtype=torch.float64),
+                   mu=torch.tensor([[0.0, 1.0, 0.3], [0.0, -1.0, -0.3], [0.0, 0.0, 0.0]]))
+    groups = summarize(grouped, 784, (1, 2))
+    assert groups["active_units_per_group"] == [0, 2] and groups["active_units"] == 2
+    assert groups["kl_per_group"] == [7.0, 18.0]
+    three = summarize(dict(grouped, kl_3=torch.zeros(3, dtype=torch.float64)), 784, (1, 1, 1))
+    assert three["active_units_per_group"] == [0, 1, 1] and three["kl_per_group"] == [7, 18, 0]
+    assert math.isnan(summarize({key: value[:1] for key, value in estimates.items()},
+                                784)["nll_stderr"])
 
 
 @pytest.mark.mutation
@@ -331,3 +344,24 @@ def test_evaluate_rejects_bad_arguments(capsys, trained_run, args, words):
 def test_evaluate_rejects_a_missing_run(capsys, tmp_path):
     code, _, err = cli(capsys, "evaluate", tmp_path / "nothing-here")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "no run directory" in err
+
+
+@pytest.mark.mutation
+def test_a_hierarchys_evaluation_has_each_groups_kl_and_active_units(data_dir):
+    """Untrained, so the numbers are not the point: their shape is. The KL per group adds up
+    to the KL."""
+    from vaelab import Config
+    from vaelab.evaluate import evaluate_run
+    from vaelab.models import build_model
+
+    model = build_model(Config(model="hvae", hvae_channels=8, channels=1, height=28, width=28))
+    images = load_split("mnist", "val", data_dir, limit=3).images
+    result = evaluate_run(model.eval(), images, samples=2, seed=0)
+    groups = len(model.group_sizes)
+    assert groups > 1 and len(result["kl_per_group"]) == groups
+    assert len(result["active_units_per_group"]) == groups
+    assert sum(result["active_units_per_group"]) == result["active_units"]
+    assert result["latent_dim"] == sum(model.group_sizes)
+    # the total is the groups' float32 sum per image: off by at most a few eps32 per group
+    eps32 = torch.finfo(torch.float32).eps
+    assert sum(result["kl_per_group"]) == pytest.approx(result["kl"], rel=4 * groups * eps32)

@@ -90,6 +90,8 @@ def test_write_evaluation_writes_what_it_measured(data_dir, tmp_path):
     assert (result["split"], result["checkpoint"], result["epoch"]) == ("test", "best", 3)
     assert result["checkpoint_sha256"] == sha256(run / "best.pt")
     assert (result["dataset"], result["binarize"]) == ("mnist", "none")
+    assert (result["model"], result["likelihood"], result["density_of_8bit"]) == (
+        "vae", "bernoulli", False)
     assert result["pixel_entropy"] == Bernoulli().floor(to_float(images))
     assert result["seconds"] > 0
     random = untrained_run(tmp_path / "random", data_dir=str(data_dir), latent_dim=3)
