@@ -325,3 +325,42 @@ def test_an_array_file_as_data_names_itself_in_every_refusal(tmp_path, monkeypat
     monkeypatch.setattr(vaelab.images, "available_memory", lambda: 100)
     assert refused(load_image_data, Config(data=str(labelled), image_size=16)).startswith(
         f"{labelled}: 6 images of 1x16x16 take 0.0 GB as uint8")
+
+
+def test_load_data_keeps_each_splits_labels_and_the_factors_names(tmp_path):
+    from vaelab.data import load_data
+
+    path = tmp_path / "f.npz"
+    np.savez(path, images=IMAGES, labels=np.arange(6) % 3, factors=np.zeros((6, 2), int),
+             factor_names=np.array(["shape", "size"]))
+    train, val = load_data(Config(data=str(path), val_fraction=0.34))
+    assert (len(train), len(val)) == (3, 3) and train.factor_names == ("shape", "size")
+    for split in (train, val):
+        assert sorted(split.labels.tolist()) == [0, 1, 2]  # one of each class on each side
+        assert split.factor_names == ("shape", "size") and split.classes == ("0", "1", "2")
+    np.savez(path, images=IMAGES)
+    assert load_data(Config(data=str(path)))[0].factor_names == ()
+
+
+def test_a_folder_as_data_names_itself_in_every_refusal(tmp_path):
+    from PIL import Image
+
+    from vaelab.own_data import load_image_data
+
+    def folder(name, layout):
+        for path in layout:
+            (tmp_path / name / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(IMAGES[0]).resize((16, 16)).save(tmp_path / name / path)
+        return tmp_path / name
+
+    flat = folder("flat", ["0.png", "1.png"])
+    assert refused(load_image_data, Config(data=str(flat), conditional=True)) == (
+        f"--conditional needs labelled images, and {flat} has none: put each class in its own "
+        "subfolder (or give labels in the .npz), or train without --conditional")
+    classes = folder("classes", ["a/0.png", "a/1.png", "b/0.png", "b/1.png"])
+    assert load_image_data(Config(data=str(classes), conditional=True))[1].tolist() == [0, 0,
+                                                                                         1, 1]
+    given = folder("given", ["train/a/0.png", "val/a/0.png", "val/b/0.png"])
+    assert refused(load_image_data, Config(data=str(given))) == (
+        f"{given}: class 'b' has no training images; add some to its training folder or remove "
+        "the class")

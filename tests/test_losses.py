@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,6 +103,14 @@ def test_totals_are_kept_on_the_device_asked_for_not_the_default_one():
     with torch.device("meta"):
         totals = Totals(torch.device("cpu"), ("kl_1",))
     assert totals.sums.device.type == "cpu" and totals.sums.tolist() == [0.0, 0.0]
+    from vaelab.losses import gaussian_log_density
+
+    z = torch.zeros(2, 3)
+    with torch.device("meta"):
+        prior = gaussian_log_density(z)  # its logvar of 0 is made on z's device
+    assert prior.device.type == "cpu"
+    assert prior.tolist() == pytest.approx([-1.5 * math.log(2 * math.pi)] * 2,
+                                           rel=4 * torch.finfo(torch.float32).eps)
 
 def test_default_weights_are_one():
     """beta / kl_weight default to 1: the true ELBO and the unweighted IWAE bound."""
