@@ -210,3 +210,19 @@ def test_an_error_names_the_network_by_the_flag_that_chose_it():
 
     assert network_of(Config(arch="resnet")) == "--arch resnet"
     assert network_of(Config(model="hvae")) == "--model hvae"
+
+
+def test_a_shape_is_halved_while_it_stays_even_and_four_or_more_and_refused_word_for_word():
+    from vaelab.config import check_shape, stages
+
+    assert [stages(side) for side in (28, 32, 12, 7, 64, 96)] == [2, 3, 1, 0, 4, 4]
+    assert check_shape((3, 28, 32), "--arch conv") == 2  # the fewer of the two sides
+    with pytest.raises(ConfigError) as channels:
+        check_shape((2, 28, 28), "--arch conv")
+    assert str(channels.value) == ("images with 2 channels cannot be modelled: use --channels 1 "
+                                   "(grey) or 3 (colour)")
+    with pytest.raises(ConfigError) as small:
+        check_shape((1, 12, 28), "--model hvae")
+    assert str(small.value) == (
+        "images of 12x28 cannot be taken by --model hvae: each side must be a multiple of 4 and "
+        "at least 16 (e.g. 28, 32, 64); resize them with --image-size")

@@ -355,3 +355,17 @@ def test_a_runs_split_is_whole_and_resized_as_its_config_says(data_dir, tmp_path
         Image.fromarray(np.full((16, 16), i * 20, np.uint8)).save(folder / str(i % 2) / f"{i}.png")
     limited = Config(data=str(folder), limit_train=1, limit_val=1, val_fraction=0.4)
     assert (len(run_split(limited, "train")), len(run_split(limited, "val"))) == (6, 4)
+
+
+def test_an_idx_split_is_named_by_its_classes_and_downloads_what_is_missing(
+        data_dir, tmp_path, monkeypatch):
+    """A split's class names are the dataset's; a missing file is fetched by default (the
+    fetch itself is tests/test_download.py's: here a stand-in records the call)."""
+    import vaelab.idx
+
+    assert load_split("mnist", "val", data_dir, limit=2).classes == tuple("0123456789")
+    calls = []
+    monkeypatch.setattr(vaelab.idx, "fetch", lambda *args: calls.append(args) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        vaelab.idx.read_split("mnist", "val", tmp_path)
+    assert calls == [("mnist", tmp_path, ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])]
