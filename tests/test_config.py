@@ -226,3 +226,44 @@ def test_a_shape_is_halved_while_it_stays_even_and_four_or_more_and_refused_word
     assert str(small.value) == (
         "images of 12x28 cannot be taken by --model hvae: each side must be a multiple of 4 and "
         "at least 16 (e.g. 28, 32, 64); resize them with --image-size")
+
+
+def refusal_of(**changes) -> str:
+    with pytest.raises(ConfigError) as caught:
+        Config(**changes)
+    return str(caught.value)
+
+
+def test_discrete_settings_are_refused_word_for_word_at_their_edges():
+    from vaelab.config import parse_levels
+
+    assert refusal_of(model="vqvae", discrete_channels=1) == (
+        "discrete_channels = 1 is not allowed (--discrete-channels): must be at least 2")
+    assert refusal_of(model="vqvae", codebook_size=1) == (
+        "codebook_size = 1 is not allowed (--codebook-size): must be at least 2 codes")
+    Config(model="vqvae", discrete_channels=2, codebook_size=2)  # the edges themselves: fine
+    assert parse_levels("8,5,5,5") == (8, 5, 5, 5) and parse_levels("2") == (2,)
+    assert refusal_of(model="fsq", levels="8,x") == (
+        "levels = '8,x' is not allowed (--levels): the levels of each channel as integers "
+        "separated by commas, e.g. 8,5,5,5")
+    assert refusal_of(model="fsq", levels="8,1") == (
+        "levels = '8,1' is not allowed (--levels): every channel needs at least 2 levels, e.g. "
+        "8,5,5,5")
+    shape = dict(model="vqvae", train_images=1000, channels=1, height=28, width=24)
+    assert refusal_of(codebook_size=42_001, **shape) == (  # 1000 code maps of 7 x 6
+        "codebook_size = 42001 is not allowed (--codebook-size): larger than the 42,000 code "
+        "vectors the training images give (a code per image position), so most entries could "
+        "never be used: choose a smaller codebook, or train on more images")
+    Config(codebook_size=42_000, **shape)  # one code per position: allowed
+    Config(codebook_size=42_001, **dict(shape, train_images=None))  # not yet known: allowed
+    Config(codebook_size=42_001, **dict(shape, height=None, width=None, channels=None))
+
+
+def test_an_option_of_another_family_is_refused_naming_the_families_that_take_it():
+    assert refusal_of(model="hvae", latent_dim=5) == (
+        "latent_dim = 5 is not allowed (--latent-dim): an option of --model vae or beta-tcvae "
+        "or factorvae or capacity, and this run is --model hvae: drop it, or choose --model vae")
+    assert refusal_of(model="hvae", iw_train=5) == (
+        "iw_train = 5 is not allowed (--iw-train): an option of --model vae, and this run is "
+        "--model hvae: drop it, or choose --model vae")
+    Config(model="hvae", latent_dim=Config().latent_dim)  # the default is no choice: fine
