@@ -347,6 +347,9 @@ def test_a_runs_split_is_whole_and_resized_as_its_config_says(data_dir, tmp_path
         expected = np.asarray(picture.resize((16, 16), Image.Resampling.BILINEAR))
         assert np.array_equal(resized.images[i].permute(1, 2, 0).numpy(), expected)
     assert run_split(Config(data_dir=str(data_dir)), "val").images.shape == (10_000, 1, 28, 28)
+    for options, shape in (({"image_size": 16}, (1, 16, 16)), ({"channels": 3}, (3, 28, 28))):
+        assert run_split(Config(data_dir=str(data_dir), **options), "val").images.shape[1:] \
+            == shape, options  # either option alone converts
     grey = run_split(Config(data_dir=str(data_dir), channels=1, limit_val=5), "val")
     assert torch.equal(grey.images, original.images)  # nothing to convert: as read
     folder = tmp_path / "d"
