@@ -267,3 +267,20 @@ def test_an_option_of_another_family_is_refused_naming_the_families_that_take_it
         "iw_train = 5 is not allowed (--iw-train): an option of --model vae, and this run is "
         "--model hvae: drop it, or choose --model vae")
     Config(model="hvae", latent_dim=Config().latent_dim)  # the default is no choice: fine
+
+
+@pytest.mark.parametrize("model, name", [
+    ("beta-tcvae", "tcvae_alpha"), ("beta-tcvae", "tcvae_beta"), ("beta-tcvae", "tcvae_gamma"),
+    ("factorvae", "factorvae_gamma"), ("capacity", "capacity_max"), ("capacity", "capacity_gamma")])
+def test_the_disentangling_weights_are_finite_and_at_least_0(model, name):
+    flag = "--" + name.replace("_", "-")
+    for value in (-0.5, math.inf, math.nan):
+        assert refusal_of(model=model, **{name: value}) == (
+            f"{name} = {value!r} is not allowed ({flag}): must be a finite number >= 0")
+    assert getattr(Config(model=model, **{name: 0.0}), name) == 0.0  # the edge is allowed
+
+
+def test_a_thread_count_is_at_least_1_or_unset():
+    assert refusal_of(threads=0) == (
+        "threads = 0 is not allowed (--threads): must be at least 1, or unset to measure the best")
+    assert Config(threads=1).threads == 1 and Config().threads is None
