@@ -284,3 +284,17 @@ def test_a_thread_count_is_at_least_1_or_unset():
     assert refusal_of(threads=0) == (
         "threads = 0 is not allowed (--threads): must be at least 1, or unset to measure the best")
     assert Config(threads=1).threads == 1 and Config().threads is None
+
+
+def test_the_data_settings_are_refused_word_for_word():
+    for fraction in (0.0, 1.0):
+        assert refusal_of(val_fraction=fraction) == (
+            f"val_fraction = {fraction} is not allowed (--val-fraction): must be between 0 and 1, "
+            "e.g. 0.1")
+    assert Config(val_fraction=0.5).val_fraction == 0.5
+    assert refusal_of(classes=3) == (
+        "classes = 3 is not allowed (--classes): recorded for conditional runs only")
+    assert Config(classes=3, conditional=True).classes == 3
+    assert refusal_of(data="x", dataset="kmnist") == (
+        "dataset = 'kmnist' is not allowed (--dataset): --data and --dataset name two sources of "
+        "images: give one")
