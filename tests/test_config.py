@@ -298,3 +298,37 @@ def test_the_data_settings_are_refused_word_for_word():
     assert refusal_of(data="x", dataset="kmnist") == (
         "dataset = 'kmnist' is not allowed (--dataset): --data and --dataset name two sources of "
         "images: give one")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"height": 28}, "height = 28 is not allowed (--height): height and width are recorded "
+     "together from the data"),
+    ({"height": 28, "width": 28, "image_size": 32}, "height = 28 is not allowed (--height): "
+     "height and width are recorded together from the data"),
+    ({"likelihood": "logistic", "binarize": "dynamic"}, "likelihood = 'logistic' is not "
+     "allowed (--likelihood): --binarize dynamic makes images of 0s and 1s, not 8-bit ones: use "
+     "--binarize none, or --likelihood bernoulli"),
+    ({"image_size": 30}, "images of 30x30 cannot be taken by --arch conv: each side must be a "
+     "multiple of 4 and at least 16 (e.g. 28, 32, 64); choose another --image-size"),
+    ({"lr": 0.0}, "lr = 0.0 is not allowed (--lr): must be a finite number > 0, e.g. 1e-3"),
+    ({"lr": math.nan}, "lr = nan is not allowed (--lr): must be a finite number > 0, e.g. 1e-3"),
+    ({"beta": -1.0}, "beta = -1.0 is not allowed (--beta): must be a finite number >= 0"),
+    ({"grad_clip": 0.0}, "grad_clip = 0.0 is not allowed (--grad-clip): must be a finite "
+     "number > 0, or unset"),
+    ({"grad_skip": math.inf}, "grad_skip = inf is not allowed (--grad-skip): must be a finite "
+     "number > 0, or unset"),
+    ({"ddp_timeout": 0.0}, "ddp_timeout = 0.0 is not allowed (--ddp-timeout): must be a finite "
+     "number of seconds > 0"),
+    ({"seed": -1}, "seed = -1 is not allowed (--seed): must be >= 0"),
+    ({"device": "gpu"}, "device = 'gpu' is not allowed (--device): auto, cpu, mps, cuda or "
+     "cuda:N"),
+])
+def test_each_impossible_setting_is_refused_word_for_word(changes, message):
+    assert refusal_of(**changes) == message
+
+
+def test_the_edges_of_the_settings_are_allowed():
+    recorded = Config(height=32, width=32, image_size=32, channels=1)
+    assert (recorded.height, recorded.beta) == (32, 1.0)
+    assert Config(beta=0.0, seed=0, likelihood="logistic", binarize="none").beta == 0.0
+    assert Config(device="cuda:1", grad_clip=0.5, grad_skip=None).device == "cuda:1"
