@@ -332,3 +332,4 @@ def test_the_edges_of_the_settings_are_allowed():
     assert (recorded.height, recorded.beta) == (32, 1.0)
     assert Config(beta=0.0, seed=0, likelihood="logistic", binarize="none").beta == 0.0
     assert Config(device="cuda:1", grad_clip=0.5, grad_skip=None).device == "cuda:1"
+    assert Config(ddp_timeout=0.5).ddp_timeout == 0.5  # any time above 0, below a second too
