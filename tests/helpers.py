@@ -20,3 +20,14 @@ def cli(capsys, *args):
 def sha256(path: Path) -> str:
     """The file's SHA-256, computed here independently of vaelab's own."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def refused(call, *args) -> str:
+    """The message of the DataError that call(*args) raises (it must raise one)."""
+    import pytest
+
+    from vaelab.errors import DataError
+
+    with pytest.raises(DataError) as caught:
+        call(*args)
+    return str(caught.value)

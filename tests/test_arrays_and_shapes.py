@@ -5,10 +5,10 @@ mutant)."""
 import numpy as np
 import pytest
 import torch
+from helpers import refused
 
 from vaelab import Config
 from vaelab.data import Split, validation_split, with_data_shape
-from vaelab.errors import DataError
 from vaelab.own_data import (
     _check_given,
     _check_images,
@@ -21,12 +21,6 @@ from vaelab.own_data import (
 pytestmark = pytest.mark.mutation  # fast: every test here is run for each mutant
 
 IMAGES = np.arange(6 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4)
-
-
-def refused(call, *args):
-    with pytest.raises(DataError) as caught:
-        call(*args)
-    return str(caught.value)
 
 
 def test_a_given_split_needs_images_on_both_sides_and_every_class_in_training(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from helpers import refused
 from PIL import Image
 
 import vaelab.cache
@@ -233,12 +234,6 @@ def test_a_symlink_loop_is_named(tmp_path):
         load_data(Config(data=str(tmp_path / "d")))
 
 
-def refusal(call, *args) -> str:
-    with pytest.raises(DataError) as caught:
-        call(*args)
-    return str(caught.value)
-
-
 def test_every_sixteen_bit_value_rounds_to_the_nearest_eight_bit_one():
     """All 65,536 values at once against v / 257 rounded in float64 (never a tie: 257 is
     odd), so a rounding or a divisor off by one shows; a 16-bit picture of small values is
@@ -257,10 +252,10 @@ def test_every_sixteen_bit_value_rounds_to_the_nearest_eight_bit_one():
 @pytest.mark.parametrize("value", [-1, 65536])
 def test_pixels_beyond_sixteen_bits_are_refused_naming_the_file(tmp_path, value):
     picture = Image.fromarray(np.array([[0, value]], dtype=np.int32), mode="I")
-    assert refusal(fit, picture, None, 1, "p.tif") == (
+    assert refused(fit, picture, None, 1, "p.tif") == (
         "p.tif: holds pixel values beyond 16 bits; convert it to 8-bit")
     picture.save(tmp_path / "p.tif")  # from a file, the error names its path
-    assert refusal(images_module.decode, tmp_path / "p.tif", None, 1) == (
+    assert refused(images_module.decode, tmp_path / "p.tif", None, 1) == (
         f"{tmp_path / 'p.tif'}: holds pixel values beyond 16 bits; convert it to 8-bit")
 
 
@@ -273,11 +268,11 @@ def test_a_file_that_cannot_be_decoded_is_named_with_pillows_reason(tmp_path):
             picture.load()
     except OSError as err:
         reason = str(err).splitlines()[0]
-    assert refusal(images_module.decode, path, None, 1) == (
+    assert refused(images_module.decode, path, None, 1) == (
         f"{path}: cannot be decoded ({reason}); replace or remove it (vaelab does not skip "
         "images silently)")
     floats = Image.fromarray(np.zeros((2, 2), np.float32))
-    assert refusal(fit, floats, None, 1, "f.tif") == (
+    assert refused(fit, floats, None, 1, "f.tif") == (
         "f.tif: holds 32-bit floating-point pixels, not an 8- or 16-bit picture; convert it "
         "to 8-bit PNG")
 
@@ -335,7 +330,7 @@ def test_a_file_whose_header_cannot_be_read_is_named_with_pillows_reason(tmp_pat
         Image.open(path)
     except OSError as err:
         reason = str(err).splitlines()[0]
-    assert refusal(images_module.probe, path) == (
+    assert refused(images_module.probe, path) == (
         f"{path}: cannot be read as an image ({reason}); replace or remove it")
 
 
@@ -343,7 +338,7 @@ def test_a_folder_of_grey_and_colour_pictures_asks_for_channels(tmp_path):
     pictures(tmp_path / "d", ["a.png", "b.png"], size=(16, 16), mode="L")
     pictures(tmp_path / "d", ["c.png"], size=(16, 16))
     listing = images_module.list_folder(tmp_path / "d")
-    assert refusal(images_module.read_folder, listing, None, None, "conv") == (
+    assert refused(images_module.read_folder, listing, None, None, "conv") == (
         f"{tmp_path / 'd' / 'c.png'} is colour but {tmp_path / 'd' / 'a.png'} is grey; "
         "give --channels 1 or 3")
 
@@ -353,33 +348,33 @@ def test_a_folder_of_two_sizes_or_too_large_for_memory_is_refused_word_for_word(
     pictures(tmp_path / "d", ["a.png"], size=(20, 16))
     pictures(tmp_path / "d", ["b.png", "c.png"], size=(16, 16))
     listing = images_module.list_folder(tmp_path / "d")
-    assert refusal(images_module.read_folder, listing, None, None, "conv") == (
+    assert refused(images_module.read_folder, listing, None, None, "conv") == (
         f"{tmp_path / 'd' / 'b.png'} is 16x16 but {tmp_path / 'd' / 'a.png'} is 20x16; give "
         "--image-size S to resize all images to SxS")
     monkeypatch.setattr(images_module, "available_memory", lambda: 1000)
-    assert refusal(images_module.read_folder, listing, 16, None, "conv") == (
+    assert refused(images_module.read_folder, listing, 16, None, "conv") == (
         f"{tmp_path / 'd'}: 3 images of 3x16x16 take 0.0 GB as uint8, more than half the 0.0 GB "
         "of memory available; use --image-size to shrink them, or a subset")
 
 
 def test_listing_refusals_word_for_word(tmp_path):
     (tmp_path / "a.txt").write_text("x")
-    assert refusal(images_module.list_folder, tmp_path / "a.txt") == (
+    assert refused(images_module.list_folder, tmp_path / "a.txt") == (
         f"{tmp_path / 'a.txt'} is a file; --data takes a folder of images or an .npz/.npy array")
-    assert refusal(images_module.list_folder, tmp_path / "none") == (
+    assert refused(images_module.list_folder, tmp_path / "none") == (
         f"{tmp_path / 'none'}: no such folder; point --data at a folder of images or an "
         ".npz/.npy file")
-    assert refusal(images_module.list_folder, tmp_path) == (
+    assert refused(images_module.list_folder, tmp_path) == (
         f"{tmp_path} holds no image files (.png, .jpg, .jpeg, .bmp, .gif, ...); point --data "
         "at a folder of pictures")
     pictures(tmp_path / "d" / "train" / "a", ["0.png"], size=(16, 16))
     pictures(tmp_path / "d" / "val", ["0.png"], size=(16, 16))
-    assert refusal(images_module.list_folder, tmp_path / "d") == (
+    assert refused(images_module.list_folder, tmp_path / "d") == (
         f"{tmp_path / 'd' / 'train'} and {tmp_path / 'd' / 'val'} are laid out differently "
         "(class subfolders in one only); give both class subfolders, or neither")
     (tmp_path / "e" / "a").mkdir(parents=True)
     pictures(tmp_path / "e" / "b", ["0.png"], size=(16, 16))
-    assert refusal(images_module.list_folder, tmp_path / "e") == (
+    assert refused(images_module.list_folder, tmp_path / "e") == (
         f"class folder {tmp_path / 'e' / 'a'} holds no images; add some or remove it")
 
 
@@ -417,7 +412,7 @@ def test_a_link_back_up_the_tree_is_named_where_it_lies(tmp_path, inside):
     pictures(root / inside, ["0.png"], size=(16, 16))
     pictures(root / "c", ["0.png"], size=(16, 16))
     (root / inside / "up").symlink_to(root / "a", target_is_directory=True)
-    assert refusal(images_module.list_folder, root) == (
+    assert refused(images_module.list_folder, root) == (
         f"{root / inside / 'up'} is a symbolic link loop (it leads back to {root / 'a'}); "
         "remove the link")
 
