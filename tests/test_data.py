@@ -360,6 +360,19 @@ def test_a_runs_split_is_whole_and_resized_as_its_config_says(data_dir, tmp_path
     assert (len(run_split(limited, "train")), len(run_split(limited, "val"))) == (6, 4)
 
 
+def test_an_idx_set_too_large_once_resized_is_refused_naming_the_dataset(data_dir, monkeypatch):
+    from helpers import refused
+
+    import vaelab.images
+    from vaelab import Config
+    from vaelab.data import run_split
+
+    monkeypatch.setattr(vaelab.images, "available_memory", lambda: 10**6)
+    assert refused(run_split, Config(data_dir=str(data_dir), image_size=64), "val") == (
+        "mnist: 10,000 images of 1x64x64 take 0.0 GB as uint8, more than half the 0.0 GB of "
+        "memory available; use --image-size to shrink them, or a subset")
+
+
 def test_an_idx_split_is_named_by_its_classes_and_downloads_what_is_missing(
         data_dir, tmp_path, monkeypatch):
     """A split's class names are the dataset's; a missing file is fetched by default (the

@@ -168,25 +168,27 @@ def test_global_batch_is_every_ranks_rows_in_rank_order_and_returns_each_its_gra
     emulated(1, 3)
     monkeypatch.setattr(dist, "get_rank", lambda *args: 1)
     monkeypatch.setattr(dist, "get_backend", lambda *args: "gloo")
-    first, last = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]]), torch.tensor([[9.0, 8.0]])
+    first, last = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]]), torch.tensor([[9.0, 8.0],
+                                                                            [7.0, 6.0]])
     padding = torch.tensor([[77.0, 77.0], [77.0, 77.0]])  # what a short rank's pad may hold
 
-    def all_gather(outputs, tensor):  # ranks 0 and 2 hold 2 and 1 rows; padded to 3
+    def all_gather(outputs, tensor):  # ranks 0 and 2 hold 2 rows each; padded to 3
         if tensor.dtype == torch.int64:
-            outputs[0].fill_(2), outputs[1].copy_(tensor), outputs[2].fill_(1)
+            outputs[0].fill_(2), outputs[1].copy_(tensor), outputs[2].fill_(2)
         else:
             assert tensor.shape == (3, 2)
             outputs[0].copy_(torch.cat([first, padding[:1]]))
             outputs[1].copy_(tensor)
-            outputs[2].copy_(torch.cat([last, padding]))
+            outputs[2].copy_(torch.cat([last, padding[:1]]))
 
     monkeypatch.setattr(dist, "all_gather", all_gather)
-    whole, start = distributed.global_batch(mine)
+    with torch.device("meta"):  # the sizes go to gloo's device (the CPU), not torch's default
+        whole, start = distributed.global_batch(mine)
     assert start == 2
     assert whole.tolist() == torch.cat([first, mine.detach(), last]).tolist()
     # Each rank's loss weighs the whole batch; the others' gradients arrive by all_reduce.
-    weights = torch.arange(12.0).reshape(6, 2)
-    others = torch.full((6, 2), 100.0)
+    weights = torch.arange(14.0).reshape(7, 2)
+    others = torch.full((7, 2), 100.0)
     monkeypatch.setattr(dist, "all_reduce", other_rank_adds(others))
     (whole * weights).sum().backward()
     assert mine.grad.tolist() == (weights + others)[2:5].tolist()

@@ -3,6 +3,7 @@
 import inspect
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -148,8 +149,50 @@ def test_summary_has_standard_errors_bits_and_active_units():
     assert groups["kl_per_group"] == [7.0, 18.0]
     three = summarize(dict(grouped, kl_3=torch.zeros(3, dtype=torch.float64)), 784, (1, 1, 1))
     assert three["active_units_per_group"] == [0, 1, 1] and three["kl_per_group"] == [7, 18, 0]
-    assert math.isnan(summarize({key: value[:1] for key, value in estimates.items()},
-                                784)["nll_stderr"])
+    with warnings.catch_warnings():  # and says so without torch's warning about its std
+        warnings.simplefilter("error")
+        assert math.isnan(summarize({key: value[:1] for key, value in estimates.items()},
+                                    784)["nll_stderr"])
+
+
+@pytest.mark.mutation
+def test_the_weights_are_summed_in_float64_whatever_precision_a_model_gives():
+    """A stand-in model whose log weights (near -1000, where float32 keeps 4 decimals) come
+    in float32, over two chunks of noise: the chunks' sums are added in float64 (to float64
+    rounding at that scale, 1000 x 2^-52 a few times over: 1e-10)."""
+    class Float32Weights:
+        def importance_terms(self, x, eps, y):
+            log_w = (-1000.0 + eps[..., 0]).float()
+            return {"log_w": log_w, "recon": -log_w, "kl": torch.zeros_like(log_w)}
+
+        def group_means(self, x, y):
+            return [torch.zeros(len(x), 1)]
+
+    generator = torch.Generator().manual_seed(0)
+    noise = [torch.randn(3, 2, 1, generator=generator), torch.randn(4, 2, 1, generator=generator)]
+    found = vaelab.evaluate._estimates(Float32Weights(), torch.zeros(2, 1, 2, 2), noise)
+    chunks = torch.stack([torch.logsumexp((-1000.0 + eps[..., 0]).float(), 0).double()
+                          for eps in noise])
+    assert found["log_px"].dtype == torch.float64
+    assert torch.allclose(found["log_px"], torch.logsumexp(chunks, 0) - math.log(7), rtol=0,
+                          atol=1e-10)
+
+
+@pytest.mark.mutation
+def test_evaluate_runs_default_seed_is_0():
+    """An untrained seed network (its q is not its prior, so the draws matter): no seed is
+    seed 0, and seed 1 differs."""
+    from vaelab import Config
+    from vaelab.evaluate import evaluate_run
+    from vaelab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(Config(channels=1, height=28, width=28)).eval()
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    default, zero, one = (evaluate_run(model, images, samples=4, **seed)["nll"]
+                          for seed in ({}, {"seed": 0}, {"seed": 1}))
+    assert default == zero != one
 
 
 @pytest.mark.mutation

@@ -247,6 +247,8 @@ def test_every_sixteen_bit_value_rounds_to_the_nearest_eight_bit_one():
     assert np.array_equal(fit(Image.fromarray(as_is, mode="I"), None, 1, "i")[..., 0], as_is)
     above = np.array([[0, 256, 65535]], dtype=np.int32)  # mode I above 255: a 16-bit scale
     assert fit(Image.fromarray(above, mode="I"), None, 1, "i")[0, :, 0].tolist() == [0, 1, 255]
+    edge = np.array([[0, 128, 256]], dtype=np.int32)  # 256: just past 8 bits, so all scale
+    assert fit(Image.fromarray(edge, mode="I"), None, 1, "i")[0, :, 0].tolist() == [0, 0, 1]
 
 
 @pytest.mark.parametrize("value", [-1, 65536])
@@ -297,6 +299,16 @@ def test_available_memory_is_linuxs_memavailable_else_the_physical_memory(monkey
     assert images_module.available_memory() == total * 1024
     monkeypatch.setattr(images_module.os, "sysconf", lambda name: int("unknown name"))
     assert images_module.available_memory() == 1 << 40
+
+
+def test_the_memory_check_counts_every_byte_of_a_wide_picture(monkeypatch):
+    """2 pictures of 3x4x8 take 192 bytes: they fit in twice that, not in a byte less (a
+    height and width taken for each other would count 384)."""
+    monkeypatch.setattr(images_module, "available_memory", lambda: 2 * 192)
+    images_module.check_memory(2, (3, 4, 8), "wide")
+    monkeypatch.setattr(images_module, "available_memory", lambda: 2 * 192 - 1)
+    assert refused(images_module.check_memory, 2, (3, 4, 8), "wide").startswith(
+        "wide: 2 images of 3x4x8 take 0.0 GB as uint8, more than half")
 
 
 def test_the_cache_is_found_only_for_the_same_size_and_the_channels_a_run_records(
@@ -392,6 +404,10 @@ def test_train_alone_is_held_out_from_and_a_class_may_lack_validation_images(tmp
     pictures(tmp_path / "u" / "val", ["0.png"], size=(16, 16))
     unlabelled = images_module.list_folder(tmp_path / "u")
     assert unlabelled.labels is None and unlabelled.classes == () and len(unlabelled.files) == 2
+    # val/ without train/ is no split layout: like any other subfolder, it is a class
+    pictures(tmp_path / "v" / "val", ["0.png", "1.png"], size=(16, 16))
+    val_alone = images_module.list_folder(tmp_path / "v")
+    assert (val_alone.labels, val_alone.classes, val_alone.given) == ([0, 0], ("val",), None)
 
 
 def test_hidden_entries_and_other_files_beside_class_folders_are_passed_over(tmp_path):
