@@ -39,13 +39,18 @@ def image_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread_count():
-    """Every run of the suite computes with torch's own thread count (as OMP_NUM_THREADS, which
+    """Every run of the suite computes with one thread count (as OMP_NUM_THREADS, which
     subprocesses inherit too), not with what vaelab's thread probe measures: tests compare runs
     number for number, which needs one count, and on a shared machine two probes may choose
-    differently. test_threads.py lifts this where it tests the probe."""
+    differently. test_threads.py lifts this where it tests the probe. Under pytest-xdist
+    (`make test` runs two workers) each worker takes its share of torch's threads, so that
+    the workers do not fight over the cores."""
     import torch
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // workers))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture()
