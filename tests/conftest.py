@@ -43,8 +43,8 @@ def one_thread_count():
     subprocesses inherit too), not with what vaelab's thread probe measures: tests compare runs
     number for number, which needs one count, and on a shared machine two probes may choose
     differently. test_threads.py lifts this where it tests the probe. Under pytest-xdist
-    (`make test` runs two workers) each worker takes its share of torch's threads, so that
-    the workers do not fight over the cores."""
+    (`make test` runs a worker per core) each worker takes its share of torch's threads, so
+    that the workers do not fight over the cores."""
     import torch
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -158,8 +158,9 @@ def test_summary_has_standard_errors_bits_and_active_units():
 @pytest.mark.mutation
 def test_the_weights_are_summed_in_float64_whatever_precision_a_model_gives():
     """A stand-in model whose log weights (near -1000, where float32 keeps 4 decimals) come
-    in float32, over two chunks of noise: the chunks' sums are added in float64 (to float64
-    rounding at that scale, 1000 x 2^-52 a few times over: 1e-10)."""
+    in float32, over two chunks of noise: the chunks' sums are added in float64. 1e-10 lies
+    far above float64's rounding at that scale (1000 x 2^-52 = 2e-13) and far below
+    float32's (1000 x 2^-23 = 1e-4)."""
     class Float32Weights:
         def importance_terms(self, x, eps, y):
             log_w = (-1000.0 + eps[..., 0]).float()
