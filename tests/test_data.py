@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import refused
 
 from vaelab.data import load_split, to_float
 from vaelab.errors import DataError
@@ -361,8 +362,6 @@ def test_a_runs_split_is_whole_and_resized_as_its_config_says(data_dir, tmp_path
 
 
 def test_an_idx_set_too_large_once_resized_is_refused_naming_the_dataset(data_dir, monkeypatch):
-    from helpers import refused
-
     import vaelab.images
     from vaelab import Config
     from vaelab.data import run_split
