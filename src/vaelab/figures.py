@@ -138,8 +138,11 @@ def _name(val: Split, index: int, by_image: bool) -> str:
     return f"image {index}" + (f" ({of_class})" if of_class is not None else "")
 
 
-def figure_latent(run: Run, val: Split, method: str = "pca") -> Figure:
-    codes = generate.encode_means(run.model, val.images, val.labels)
+def figure_latent(run: Run, val: Split, method: str = "pca",
+                  codes: torch.Tensor | None = None) -> Figure:
+    """The validation set's codes in 2-D; `codes` if they are already encoded."""
+    if codes is None:
+        codes = generate.encode_means(run.model, val.images, val.labels)
     points = generate.project_2d(codes, method, run.config.seed)
     name = "t-SNE" if method == "tsne" else ("PCA" if codes.shape[1] > 2 else "z")
     return plots.latent_scatter(points, val.labels, val.classes, name,
@@ -178,14 +181,14 @@ def figure_temperatures(run: Run, columns: int = 8, seed: int = 0,
     return plots.temperatures(images, temperatures, ink(run))
 
 
-def figure_traversals(run: Run, val: Split, n: int = 3, steps: int = 9, limit: float = 3.0
-                      ) -> tuple[Figure, Figure]:
+def figure_traversals(run: Run, val: Split, n: int = 3, steps: int = 9, limit: float = 3.0,
+                      kl: torch.Tensor | None = None) -> tuple[Figure, Figure]:
     """The traversals of `n` validation images (spread through the set), units sorted by
-    their validation KL; and the KL of every unit as bars."""
+    their validation KL (`kl`, if it is already measured); and the KL of every unit as bars."""
     _at_least("--n", n, 1)
     _at_least("--steps", steps, 2)
     _at_least("--limit", limit, 1e-3)
-    kl = units.unit_kl(run, val.images, val.labels).tolist()
+    kl = (kl if kl is not None else units.unit_kl(run, val.images, val.labels)).tolist()
     order = sorted(range(len(kl)), key=lambda u: -kl[u])
     chosen = torch.linspace(0, len(val) - 1, min(n, len(val))).round().long()
     values = torch.linspace(-limit, limit, steps)
@@ -232,7 +235,9 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
         figures["interpolation"] = figure_interpolation(run, val)
     except VaelabError as err:  # a tiny validation set may hold no pair: the rest still shows
         log.warning("no interpolation figure: %s", err)
-    figures["latent"] = figure_latent(run, val)
+    posterior = units.posteriors(run, val.images, val.labels) if run.model.supports_exact \
+        else None  # one Gaussian z: one encoder pass gives the latent map and the units' KL
+    figures["latent"] = figure_latent(run, val, codes=posterior[0] if posterior else None)
     if run.model.conditional:
         figures["analogies"] = figure_analogies(run, val)
     if run.model.code_dim == 2:
@@ -243,7 +248,8 @@ def standard_figures(run: Run, val: Split) -> dict[str, Figure]:
     if learns_prior(run.model):  # discrete codes: their maps and their use
         figures["code_map"], figures["code_usage"] = figure_codes(run, val)
     if run.model.supports_exact:  # one Gaussian z: what each of its units holds
-        figures["traversal"], figures["unit_kl"] = figure_traversals(run, val)
+        figures["traversal"], figures["unit_kl"] = figure_traversals(
+            run, val, kl=units.unit_kl_of(*posterior))
     scores = units.read_scores(run.path)
     if scores is not None:
         figures["mutual_information"] = figure_mutual_information(scores)

@@ -37,20 +37,36 @@ def check_single_latent(run: Run, what: str) -> None:
                           f"{run.model.summary}; use `vaelab levels` for a hierarchy")
 
 
-@torch.inference_mode()
-def unit_kl(run: Run, images: torch.Tensor, labels: torch.Tensor | None = None,
-            batch_size: int = 1000) -> torch.Tensor:
+def unit_kl(run: Run, images: torch.Tensor, labels: torch.Tensor | None = None
+            ) -> torch.Tensor:
     """Each unit's KL(q(z_d|x) || N(0, 1)) averaged over the images: (D,) nats. A unit near 0
     is inactive: q(z_d|x) is the prior whatever the image."""
+    return unit_kl_of(*posteriors(run, images, labels))
+
+
+@torch.inference_mode()
+def posteriors(run: Run, images: torch.Tensor, labels: torch.Tensor | None = None,
+               batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(z|x)'s mean and log-variance for every image, (N, D) each on the CPU: one pass of the
+    encoder that the latent map (the means are the codes) and the units' KL can share."""
     check_single_latent(run, "unit KLs")
     device = next(run.model.parameters()).device
-    total = torch.zeros(run.model.code_dim, dtype=torch.float64)
-    for start in range(0, len(images), batch_size):
-        x = to_float(images[start:start + batch_size].to(device))
-        y = labels[start:start + batch_size].to(device) if labels is not None else None
-        mu, logvar = run.model.encode(x, y)
-        total += (0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)).sum(0).double().cpu()
-    return (total / len(images)).float()
+    pairs = [run.model.encode(to_float(images[start:start + batch_size].to(device)),
+                              labels[start:start + batch_size].to(device)
+                              if labels is not None else None)
+             for start in range(0, len(images), batch_size)]
+    return (torch.cat([mu.cpu() for mu, _ in pairs]),
+            torch.cat([logvar.cpu() for _, logvar in pairs]))
+
+
+def unit_kl_of(mu: torch.Tensor, logvar: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """unit_kl from the posteriors' parameters: the KL of each image's unit, summed a batch at
+    a time in float32 and across batches in float64."""
+    total = torch.zeros(mu.shape[1], dtype=torch.float64)
+    for start in range(0, len(mu), batch_size):
+        m, lv = mu[start:start + batch_size], logvar[start:start + batch_size]
+        total += (0.5 * (m.pow(2) + lv.exp() - lv - 1)).sum(0).double()
+    return (total / len(mu)).float()
 
 
 @torch.inference_mode()
