@@ -35,6 +35,19 @@ def test_train_writes_the_report_and_prints_its_path(capsys, tiny_config, tmp_pa
     assert (tmp_path / "run" / "figures" / "samples.png").is_file()
 
 
+def test_train_with_no_report_writes_none_and_the_report_command_writes_it_later(
+        capsys, tiny_config, tmp_path):
+    run = tmp_path / "run"
+    code = main(["train", "--out", str(run), "--data-dir", tiny_config.data_dir, "--no-report",
+                 "--limit-train", "256", "--limit-val", "128", "--device", "cpu", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip().splitlines()[-1] == f"run saved in {run}"
+    assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
+    assert not (run / "report.html").exists() and not (run / "figures").exists()
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").is_file() and (run / "figures" / "samples.png").is_file()
+
+
 class Sources(HTMLParser):
     """Every <img> (alt, src), and every attribute that loads something."""
 

@@ -65,6 +65,10 @@ def _add_train_command(commands) -> None:
     train.add_argument("--force", action="store_true",
                        help="replace a run already in --out (never done silently)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--no-report", action="store_true",
+                       help="end without writing report.html and its figures, which encode the "
+                            "whole validation set (sweeps, scripted runs); `vaelab report RUN` "
+                            "writes them later")
     train.add_argument("--recipe", choices=(*RECIPES, *RENAMED_RECIPES),
                        help=_literal("a named preset; flags you give override it. reference: "
                                      "the reference notebook's settings; fast: " + ", ".join(
