@@ -132,7 +132,7 @@ def test_tensorboard_under_two_processes_logs_what_one_process_does(data_dir, tm
                     device="cpu", logger="tensorboard")
     alone = train(config, tmp_path / "one", progress=False)
     result = torchrun(data_dir, "train", "--out", tmp_path / "two", "--epochs", 2, *SLICE,
-                      "--logger", "tensorboard")
+                      "--logger", "tensorboard", "--no-report")
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1
     ours, theirs = events(tmp_path / "two"), events(alone)
@@ -183,7 +183,7 @@ def test_sigterm_to_torchrun_mid_epoch_then_resume_equals_an_uninterrupted_run(
         f"vaelab: stopped by SIGTERM in epoch 1 after batch 3; {run / LAST} holds the run so far. "
         f"Resume with: vaelab train --resume {run}"]
     assert torch.load(run / LAST, weights_only=False)["partial"]["next_batch"] == 3
-    resumed = torchrun(data_dir, "train", "--resume", run, "--quiet")
+    resumed = torchrun(data_dir, "train", "--resume", run, "--quiet", "--no-report")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert read_metrics(run) == [{**row, "train_seconds": mine["train_seconds"],
                                   "epoch_seconds": mine["epoch_seconds"]}
