@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid
 
 from . import distributed, generate
 from .errors import VaelabError
@@ -128,8 +129,4 @@ def _first(labels: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _grid(images: torch.Tensor) -> torch.Tensor:
-    # Imported here: torchvision's import takes a second or two (it loads torch._dynamo), and
-    # every training process imports this module, most of them without --logger tensorboard.
-    from torchvision.utils import make_grid
-
     return make_grid(images.clamp(0, 1), nrow=PICTURES, pad_value=0.5)

@@ -188,6 +188,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .config import from_recipe
+    from .report import write_report
     from .training import RESUMABLE_CHANGES, check_resume_changes, restarted, resume, train
 
     changes = config_changes(args)
@@ -216,8 +217,6 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"run saved in {run_dir}")
     if args.no_report:
         return 0
-    from .report import write_report  # here: its figures' imports take seconds, a rank's too
-
     with _threads_of_training(print_row.last):
         print(f"report: {write_report(run_dir)}")
     return 0
