@@ -38,7 +38,7 @@ train: $(VENV)/.installed-core
 # The browser tests need a Chromium: found, installed (Debian's, as root), or a one-line stop.
 # pytest-xdist runs the test files in parallel, one worker per logical core up to 4, each file
 # whole on one worker (its module fixtures are built once); tests/conftest.py splits torch's
-# threads between the workers. On 2 cores: 9 min 45 s against 13 min 37 s in one process.
+# threads between the workers. On 2 cores: 8 min 36 s on a fresh clone (README).
 PARALLEL = -n logical --maxprocesses 4 --dist loadfile
 test: $(VENV)/.installed-test
 	@scripts/ensure-chromium $(BIN)/python
