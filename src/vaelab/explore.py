@@ -26,14 +26,17 @@ SHOWN_SIDE = 224  # screen pixels an image's longer side is enlarged to (8x for 
 MAX_UPLOAD_PIXELS = 4096 * 4096  # larger uploads are refused rather than resized for seconds
 
 
-def _unit_spread(run: Run, val: Split, codes: torch.Tensor) -> torch.Tensor:
-    """How much each unit of the code carries: its KL for one Gaussian latent (units.unit_kl),
-    else the spread of its posterior means over the validation set."""
+def _codes_and_spread(run: Run, val: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation set's codes (N, D), and how much each unit carries: for one Gaussian
+    latent its KL (units.unit_kl), from the same encoder pass; else the spread of the codes
+    over the set."""
     if run.model.supports_exact:
-        from .units import unit_kl
+        from .units import posteriors, unit_kl_of
 
-        return unit_kl(run, val.images, val.labels).double()
-    return codes.std(0)
+        mu, logvar = posteriors(run, val.images, val.labels)
+        return mu.double(), unit_kl_of(mu, logvar).double()
+    codes = generate.encode_means(run.model, val.images, val.labels).double()
+    return codes, codes.std(0)
 
 
 class Explorer:
@@ -46,13 +49,12 @@ class Explorer:
         self.ink = run.config.data is None
         self.drawable = self.ink and run.model.shape == (1, 28, 28)
         self.conditional = run.model.conditional
-        self.codes = generate.encode_means(run.model, val.images, val.labels).double()  # (N, D)
+        self.codes, self.unit_spread = _codes_and_spread(run, val)  # (N, D), (D,)
         self.mean, axes, scales = generate.principal_axes(self.codes)
         self.directions = axes[:directions]  # (k, D), orthonormal rows; k = D when D is small
         # the floor keeps a direction with no spread (collapsed codes) usable
         self.scales = scales[:directions].clamp_min(1e-6)
         self.map = LatentMap(self.project(self.codes), val.labels, val.classes)
-        self.unit_spread = _unit_spread(run, val, self.codes)
         self.spread_is_kl = bool(run.model.supports_exact)
         self.units = self.unit_spread.argsort(descending=True)[:units].tolist()
 
